@@ -1,0 +1,325 @@
+"""`@step`: a plain-argument function becomes a `prefect.Task` keyed by its identity.
+
+(The module is not called `step.py`: a module and a function of one name in a package shadow
+each other for `from tasks.core import step`.)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prefect import Task
+from prefect.futures import PrefectFuture
+from prefect.utilities.callables import get_call_parameters
+
+from tasks.core import lease, planning, provenance, records, storage
+from tasks.core.identity import (
+    Identity,
+    fill_name,
+    find_refs,
+    identify,
+    template_fields,
+    to_plain,
+    validate_name,
+)
+from tasks.core.outputs import clear_output, record_failure
+from tasks.core.policy import LeaseLockManager, StepCachePolicy
+from tasks.core.ref import StepRef
+
+OUTPUT_PATH = "output_path"
+
+
+class StepDefinitionError(TypeError):
+    """A `@step` declaration that cannot work; raised when the decorator runs."""
+
+
+# --- --force: steps whose name matches are re-executed once per process -----------------
+
+_FORCE_GLOBS: tuple[str, ...] = ()
+_FORCED_DONE: set[str] = set()
+
+
+def set_force(globs: Iterable[str]) -> None:
+    """Re-execute steps whose name matches any glob (fnmatch), once each in this process."""
+    global _FORCE_GLOBS
+    _FORCE_GLOBS = tuple(globs)
+    _FORCED_DONE.clear()
+
+
+def is_forced(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, glob) for glob in _FORCE_GLOBS)
+
+
+# --- path substitution --------------------------------------------------------------------
+
+
+def refs_to_paths(value: Any) -> Any:
+    """What the step function receives: every StepRef replaced by its absolute path."""
+    if isinstance(value, StepRef):
+        return value.path
+    if isinstance(value, list):
+        return [refs_to_paths(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(refs_to_paths(v) for v in value)
+    if isinstance(value, dict):
+        return {k: refs_to_paths(v) for k, v in value.items()}
+    return value
+
+
+def _has_future(value: Any) -> bool:
+    if isinstance(value, PrefectFuture):
+        return True
+    if isinstance(value, (list, tuple, set)):
+        return any(_has_future(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_future(v) for v in value.values())
+    return False
+
+
+# --- the function Prefect runs ------------------------------------------------------------
+
+
+def _make_runner(fn: Callable[..., Any], name_template: str, hash_attrs: tuple[str, ...],
+                 signature: inspect.Signature) -> Callable[..., StepRef]:
+    @functools.wraps(fn)
+    def run_step(*args: Any, **kwargs: Any) -> StepRef:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        params = dict(bound.arguments)
+        identity = identify(name_template, hash_attrs, params)
+        prefix = storage.current_prefix()
+        out = storage.output_dir(identity.name_with_hash, prefix)
+        lease_path = storage.meta_path(identity.name_with_hash, storage.LEASE_FILE, prefix)
+        lease.assert_held(lease_path)  # never clear a directory another holder owns
+        clear_output(out)
+        started = time.time()
+        try:
+            value = fn(**refs_to_paths(params), **{OUTPUT_PATH: out})
+            metadata = {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
+        except BaseException as exc:
+            record_failure(out, exc, started)
+            raise
+        records.write_json(
+            storage.join(out, storage.PROVENANCE_FILE),
+            provenance.build(identity, fn, started, time.time(), prefix),
+        )
+        lease.assert_held(lease_path)  # fencing: a holder that lost its lease fails here
+        return StepRef(identity.name, identity.hash, metadata=metadata)
+
+    run_step.__signature__ = signature  # type: ignore[attr-defined]
+    return run_step
+
+
+# --- the Task subclass --------------------------------------------------------------------
+
+
+class Step(Task):
+    """A `prefect.Task` whose cache key is the step identity and whose result is a StepRef."""
+
+    _lmflows_name: str
+    _lmflows_hash_attrs: tuple[str, ...]
+    _lmflows_fn: Callable[..., Any]
+
+    # Result storage is always the prefix in force when the task runs; Prefect rejects
+    # unsaved storage blocks as a constructor argument, so it is a property here.
+    @property
+    def result_storage(self) -> records.StepStorage:  # type: ignore[override]
+        return records.StepStorage()
+
+    @result_storage.setter
+    def result_storage(self, value: Any) -> None:
+        pass
+
+    # -- identity -------------------------------------------------------------------------
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if OUTPUT_PATH in kwargs:
+            raise TypeError(f"step {self._lmflows_name!r}: output_path is filled by lmflows; "
+                            "do not pass it")
+        return get_call_parameters(self.fn, args, kwargs)
+
+    def identify(self, params: dict[str, Any]) -> Identity:
+        return identify(self._lmflows_name, self._lmflows_hash_attrs, params)
+
+    def ref_for(self, *args: Any, **kwargs: Any) -> StepRef:
+        """The StepRef a call would return, computed without running anything."""
+        return _ref_of(self.identify(self.bind(args, kwargs)))
+
+    def _prepare(self, params: dict[str, Any]) -> Identity | None:
+        """Validate a call before Prefect's engine starts; apply --force / refresh_cache."""
+        if _has_future(params):
+            return None  # identity known once upstream futures resolve (checked again there)
+        identity = self.identify(params)
+        forced = self.refresh_cache or is_forced(identity.name)
+        if forced and identity.name_with_hash not in _FORCED_DONE:
+            _FORCED_DONE.add(identity.name_with_hash)
+            _uncommit(identity.name_with_hash)
+        return identity
+
+    def _plan(self, params: dict[str, Any]) -> StepRef:
+        plan = planning.active_plan()
+        assert plan is not None
+        identity = self.identify(planning.resolve_planned(params))
+        forced = bool(self.refresh_cache) or is_forced(identity.name)
+        return plan.add(_ref_of(identity), self.name, forced)
+
+    # -- Prefect entry points -------------------------------------------------------------
+
+    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None,
+                 **kwargs: Any) -> Any:
+        params = self.bind(args, kwargs)
+        if planning.active_plan() is not None:
+            return self._plan(params)
+        self._prepare(params)
+        return super().__call__(*args, return_state=return_state, wait_for=wait_for, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in ("return_state", "wait_for")}
+        params = self.bind(args, call_kwargs)
+        if planning.active_plan() is not None:
+            return planning.PlannedFuture(self._plan(params))
+        self._prepare(params)
+        return super().submit(*args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        from prefect.utilities.callables import expand_mapping_parameters
+
+        options = {k: kwargs.pop(k) for k in ("return_state", "wait_for", "deferred") if k in kwargs}
+        params = get_call_parameters(self.fn, args, kwargs)
+        iterable = {k: v for k, v in params.items() if _is_mappable(v)}
+        if not iterable:
+            raise TypeError(f"step {self._lmflows_name!r}.map(): no iterable argument to map over")
+        static = {k: _unwrap(v) for k, v in params.items() if k not in iterable}
+        lengths = {len(v) for v in iterable.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"step {self._lmflows_name!r}.map(): iterables have different "
+                             f"lengths {sorted(lengths)}")
+        calls = expand_mapping_parameters(self.fn, {**static, **{k: list(v) for k, v in iterable.items()}})
+        if planning.active_plan() is not None:
+            return planning.PlannedFutureList(planning.PlannedFuture(self._plan(c)) for c in calls)
+        for call in calls:
+            self._prepare(call)
+        return super().map(*args, **options, **kwargs)
+
+    def with_options(self, **options: Any) -> Step:
+        if "cache_policy" in options or "cache_key_fn" in options:
+            raise ValueError(f"step {self._lmflows_name!r}: its cache policy is its identity "
+                             "and cannot be replaced")
+        options.pop("result_storage", None)
+        options.pop("result_serializer", None)
+        new = super().with_options(result_storage=None, **options)
+        new.__class__ = Step
+        new._lmflows_name = self._lmflows_name
+        new._lmflows_hash_attrs = self._lmflows_hash_attrs
+        new._lmflows_fn = self._lmflows_fn
+        new.result_serializer = records.StepRefSerializer()
+        return new
+
+
+def _is_mappable(value: Any) -> bool:
+    from prefect.utilities.annotations import quote, unmapped
+
+    if isinstance(value, (unmapped, quote, str, bytes, dict, StepRef)):
+        return False
+    return isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, PrefectFuture)
+    )
+
+
+def _unwrap(value: Any) -> Any:
+    from prefect.utilities.annotations import BaseAnnotation
+
+    return value.unwrap() if isinstance(value, BaseAnnotation) else value
+
+
+def _ref_of(identity: Identity) -> StepRef:
+    return StepRef(identity.name, identity.hash)
+
+
+def _uncommit(name_with_hash: str) -> None:
+    """Remove a commit record so the next run of the step executes (under its lease)."""
+    path = storage.meta_path(name_with_hash, storage.COMMIT_FILE)
+    fs, fs_path = storage.filesystem(path)
+    try:
+        fs.rm_file(fs_path)
+    except FileNotFoundError:
+        pass
+
+
+# --- the decorator ------------------------------------------------------------------------
+
+
+def step(fn: Callable[..., Any] | None = None, *, hash_attrs: Iterable[str] = (),
+         name: str | None = None, **task_options: Any) -> Any:
+    """Declare a step: ``@step(hash_attrs=["n"], name="toy/square")``.
+
+    `hash_attrs` names the parameters that define the output; parameters holding StepRefs
+    are always part of the identity. `name` is a literal or a template filled from the
+    call's arguments (``"tokenized/{dataset}"``); default: the function's name. Any other
+    keyword (retries, tags, timeout_seconds, ...) goes to `prefect.Task`.
+    """
+    if fn is None:
+        return functools.partial(step, hash_attrs=hash_attrs, name=name, **task_options)
+    if isinstance(hash_attrs, str):
+        raise StepDefinitionError(f"hash_attrs must be a list of parameter names, got {hash_attrs!r}")
+    hash_attrs = tuple(hash_attrs)
+    if inspect.iscoroutinefunction(fn):
+        raise StepDefinitionError(f"{fn.__qualname__}: async step functions are not supported")
+    signature = inspect.signature(fn)
+    params = signature.parameters
+    where = f"@step on {fn.__module__}.{fn.__qualname__}"
+    if OUTPUT_PATH not in params:
+        raise StepDefinitionError(f"{where}: the function needs a keyword parameter "
+                                  "'output_path: str' (lmflows fills it)")
+    if params[OUTPUT_PATH].kind not in (inspect.Parameter.KEYWORD_ONLY,
+                                        inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise StepDefinitionError(f"{where}: 'output_path' must be a keyword parameter")
+    for param in params.values():
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise StepDefinitionError(f"{where}: *{param.name} is not allowed; steps take "
+                                      "named parameters so that identities are explicit")
+    unknown = [a for a in hash_attrs if a not in params or a == OUTPUT_PATH]
+    if unknown:
+        raise StepDefinitionError(f"{where}: hash_attrs {unknown} are not parameters of the "
+                                  f"function (parameters: {[p for p in params if p != OUTPUT_PATH]})")
+    name_template = name if name is not None else fn.__name__
+    try:
+        fields = template_fields(name_template)
+        missing = [f for f in fields if f not in params or f == OUTPUT_PATH]
+        if missing:
+            raise StepDefinitionError(f"{where}: name template {name_template!r} refers to "
+                                      f"{missing}, which are not parameters")
+        validate_name(name_template.format(**{f: "x" for f in fields}))
+    except ValueError as exc:
+        raise StepDefinitionError(f"{where}: invalid step name {name_template!r}: {exc}") from exc
+    for param, value in params.items():  # defaults of hash attributes must be JSON too
+        if param in hash_attrs and value.default is not inspect.Parameter.empty:
+            to_plain(value.default, f"default of hash attribute {param!r} in {where}")
+
+    public_signature = signature.replace(
+        parameters=[p for p in params.values() if p.name != OUTPUT_PATH]
+    )
+    runner = _make_runner(fn, name_template, hash_attrs, public_signature)
+    policy = StepCachePolicy(name_template=name_template, hash_attrs=hash_attrs).configure(
+        lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"
+    )
+    task_options.setdefault("name", name_template if not fields else fn.__name__)
+    task = Step(
+        fn=runner,
+        cache_policy=policy,
+        persist_result=True,
+        result_serializer=records.StepRefSerializer(),
+        **task_options,
+    )
+    task._lmflows_name = name_template
+    task._lmflows_hash_attrs = hash_attrs
+    task._lmflows_fn = fn
+    return task
+
+
+__all__ = ["Step", "StepDefinitionError", "fill_name", "find_refs", "set_force", "step"]

@@ -1,0 +1,326 @@
+"""Lease lock: one holder per step identity across processes and machines.
+
+Prefect's `FileSystemLockManager` fails on keys containing '/' and never releases a lock whose
+holder died; its Redis manager has no heartbeat. This manager keeps a lease object inside the
+step's `.lmflows` folder with holder, host, pid and expiry; the holder renews it every lease/3
+seconds in a background thread; a waiter takes over a lease that expired, or at once when the
+holder was a process on this host that no longer exists. Every change of the lease is
+conditional: a local `flock` guard around read-modify-write (released by the kernel if its
+holder dies) or a GCS generation match. Other object stores fall back to write-then-read-back,
+which is not atomic (said where it happens). Fencing: `assert_held` re-reads the lease before
+anything destructive or final (clearing the directory, the commit) and fails when it is gone.
+
+Double-checked locking: `acquire_lock` looks for a valid commit record first and takes no
+lease when there is one (Prefect's transaction then serves the record as `Cached`), so a
+fully cached re-run writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+from tasks.core import records, storage
+
+logger = logging.getLogger("lmflows.lease")
+
+LEASE_SECONDS_ENV = "LMFLOWS_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 90.0
+_HOST = socket.gethostname()
+
+
+class LeaseLostError(RuntimeError):
+    """This process no longer holds the lease of a step: it must not write or commit."""
+
+
+def lease_seconds() -> float:
+    raw = os.environ.get(LEASE_SECONDS_ENV)
+    if not raw:
+        return DEFAULT_LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{LEASE_SECONDS_ENV}={raw!r} is not a number of seconds") from exc
+    if value <= 0:
+        raise ValueError(f"{LEASE_SECONDS_ENV}={raw!r} must be positive")
+    return value
+
+
+def _process_started(pid: int) -> float | None:
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+_MY_START = _process_started(os.getpid())
+
+
+def _holder_is_dead(lease: dict[str, Any]) -> bool:
+    """True when the lease holder was a process on this host that is gone (or was replaced)."""
+    if lease.get("host") != _HOST:
+        return False
+    pid = lease.get("pid")
+    if not isinstance(pid, int):
+        return False
+    started = _process_started(pid)
+    return started is None or started != lease.get("pid_started")
+
+
+def is_live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
+    if not lease:
+        return False
+    now = time.time() if now is None else now
+    return float(lease.get("expires_at", 0)) > now and not _holder_is_dead(lease)
+
+
+# --- backends: conditional read-modify-write of one small JSON object ---------------------
+
+
+class _LocalLeases:
+    """Local disk: an exclusive `flock` on a guard file serialises every lease change."""
+
+    @contextlib.contextmanager
+    def _guard(self, lease_path: str) -> Iterator[None]:
+        guard = lease_path[: -len("lease.json")] + "lease.guard"
+        os.makedirs(os.path.dirname(guard), exist_ok=True)
+        fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock; the kernel does it if we die
+
+    def read(self, lease_path: str) -> dict[str, Any] | None:
+        try:
+            with open(lease_path, "rb") as handle:
+                return json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # unreadable lease: treated as expired
+
+    def replace_if(self, lease_path: str, expect_token: str | None, new: dict | None,
+                   only_if_free: bool = False) -> bool:
+        with self._guard(lease_path):
+            current = self.read(lease_path)
+            if only_if_free:
+                if is_live(current):
+                    return False
+            elif (current or {}).get("token") != expect_token:
+                return False
+            if new is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lease_path)
+            else:
+                records.write_atomic(lease_path, json.dumps(new).encode())
+            return True
+
+
+class _GcsLeases:
+    """gs://: the lease object's generation is the version; writes use ifGenerationMatch."""
+
+    def _fs(self, lease_path: str):
+        return storage.filesystem(lease_path)
+
+    def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
+        fs, path = self._fs(lease_path)
+        try:
+            info = fs.info(path, refresh=True)
+            content = fs.cat_file(path)
+        except FileNotFoundError:
+            return None, "0"
+        try:
+            lease = json.loads(content)
+        except ValueError:
+            lease = {}
+        return lease, str(info.get("generation") or "")
+
+    def read(self, lease_path: str) -> dict[str, Any] | None:
+        return self._read_with_generation(lease_path)[0]
+
+    def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
+        fs, path = self._fs(lease_path)
+        bucket, key, _ = fs.split_path(path)
+        kwargs = {"ifGenerationMatch": if_generation} if if_generation else {}
+        try:
+            fs.call(
+                "POST",
+                f"{fs._location}/upload/storage/v1/b/{bucket}/o",
+                uploadType="media",
+                name=key,
+                headers={"Content-Type": "application/json"},
+                data=data,
+                json_out=True,
+                **kwargs,
+            )
+        except FileExistsError:  # gcsfs maps HTTP 412 (precondition failed) to this
+            return False
+        fs.invalidate_cache(path)
+        return True
+
+    def replace_if(self, lease_path: str, expect_token: str | None, new: dict | None,
+                   only_if_free: bool = False) -> bool:
+        current, generation = self._read_with_generation(lease_path)
+        if only_if_free:
+            if is_live(current):
+                return False
+        elif (current or {}).get("token") != expect_token:
+            return False
+        if new is None:
+            fs, path = self._fs(lease_path)
+            bucket, key, _ = fs.split_path(path)
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation)
+            fs.invalidate_cache(path)
+            return True
+        if not self._put(lease_path, json.dumps(new).encode(), generation):
+            return False
+        # Read back: a store that ignores preconditions (some emulators) still cannot hand
+        # the lease to two holders silently; one of them sees the other's token here.
+        return (self.read(lease_path) or {}).get("token") == new["token"]
+
+
+class _OtherLeases(_GcsLeases):
+    """Any other fsspec store: write, then read back. NOT atomic: two writers racing within
+    one round trip can both believe they won; use gs:// or local disk for shared prefixes."""
+
+    def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
+        records.write_atomic(lease_path, data)
+        return True
+
+    def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
+        fs, path = self._fs(lease_path)
+        try:
+            return json.loads(fs.cat_file(path)), ""
+        except FileNotFoundError:
+            return None, ""
+        except ValueError:
+            return {}, ""
+
+
+def _backend(lease_path: str):
+    if storage.is_local(lease_path):
+        return _LocalLeases()
+    if lease_path.startswith(("gs://", "gcs://")):
+        return _GcsLeases()
+    return _OtherLeases()
+
+
+# --- held leases in this process ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Held:
+    path: str
+    holder: str
+    token: str
+    seconds: float
+    expires_at: float
+    lost: bool = False
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+_HELD: dict[str, _Held] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _lease_body(holder: str, token: str, seconds: float) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "holder": holder,
+        "token": token,
+        "host": _HOST,
+        "pid": os.getpid(),
+        "pid_started": _MY_START,
+        "acquired_at": now,
+        "expires_at": now + seconds,
+    }
+
+
+def _renew_forever(held: _Held) -> None:
+    backend = _backend(held.path)
+    interval = held.seconds / 3
+    while not held.stop.wait(interval):
+        body = _lease_body(held.holder, held.token, held.seconds)
+        try:
+            renewed = backend.replace_if(held.path, held.token, body)
+        except Exception as exc:  # keep trying until the lease would have expired anyway
+            logger.warning("renewing lease %s failed: %s", held.path, exc)
+            if time.time() > held.expires_at:
+                held.lost = True
+                return
+            continue
+        if not renewed:
+            logger.error("lease %s was taken over by another holder", held.path)
+            held.lost = True
+            return
+        held.expires_at = body["expires_at"]
+
+
+def try_acquire(lease_path: str, holder: str) -> bool:
+    """Take the lease if it is free, expired or held by a dead local process."""
+    seconds = lease_seconds()
+    token = uuid.uuid4().hex
+    body = _lease_body(holder, token, seconds)
+    if not _backend(lease_path).replace_if(lease_path, None, body, only_if_free=True):
+        return False
+    held = _Held(lease_path, holder, token, seconds, body["expires_at"])
+    with _HELD_LOCK:
+        _HELD[lease_path] = held
+    threading.Thread(target=_renew_forever, args=(held,), daemon=True,
+                     name=f"lmflows-lease-{token[:6]}").start()
+    return True
+
+
+def release(lease_path: str, holder: str | None = None) -> None:
+    with _HELD_LOCK:
+        held = _HELD.get(lease_path)
+        if held is None or (holder is not None and held.holder != holder):
+            return
+        del _HELD[lease_path]
+    held.stop.set()
+    if not held.lost:
+        try:
+            _backend(lease_path).replace_if(lease_path, held.token, None)
+        except Exception as exc:  # an unreleased lease expires on its own
+            logger.warning("releasing lease %s failed: %s", lease_path, exc)
+
+
+def holds(lease_path: str, holder: str | None = None) -> bool:
+    held = _HELD.get(lease_path)
+    return held is not None and not held.lost and (holder is None or held.holder == holder)
+
+
+def assert_held(lease_path: str) -> None:
+    """Fencing: raise LeaseLostError unless this process still holds the lease."""
+    held = _HELD.get(lease_path)
+    if held is None:
+        raise LeaseLostError(f"no lease held for {lease_path}; refusing to write")
+    if held.lost or time.time() >= held.expires_at:
+        held.lost = True
+        raise LeaseLostError(f"lease {lease_path} expired or was taken over; refusing to write")
+    current = _backend(lease_path).read(lease_path) or {}
+    if current.get("token") != held.token:
+        held.lost = True
+        raise LeaseLostError(
+            f"lease {lease_path} now belongs to {current.get('holder')!r} "
+            f"(host {current.get('host')!r}, pid {current.get('pid')!r}); refusing to write"
+        )
+
+
+def read(lease_path: str) -> dict[str, Any] | None:
+    return _backend(lease_path).read(lease_path)

@@ -1,0 +1,136 @@
+"""Planning mode: step calls return their references without running or writing anything.
+
+Identities depend only on arguments and upstream identities, never on results, so executing
+an experiment's flow function with steps short-circuited yields the whole plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tasks.core import lease, records, storage
+from tasks.core.ref import StepRef
+
+_ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("lmflows_plan", default=None)
+
+
+@dataclasses.dataclass
+class PlannedStep:
+    ref: StepRef
+    task_name: str
+    forced: bool = False
+    status: str = "unknown"
+
+
+@dataclasses.dataclass
+class Plan:
+    """The steps an experiment would run, in call order, one row per identity."""
+
+    steps: dict[str, PlannedStep] = dataclasses.field(default_factory=dict)
+
+    def add(self, ref: StepRef, task_name: str, forced: bool) -> StepRef:
+        known = self.steps.get(ref.name_with_hash)
+        if known is None:
+            self.steps[ref.name_with_hash] = PlannedStep(ref, task_name, forced)
+        else:
+            known.forced = known.forced or forced
+        return ref
+
+    def check_status(self, workers: int = 32) -> None:
+        """Fill each step's status; remote prefixes are checked in parallel (Marin PR #500)."""
+        prefix = storage.current_prefix()
+        planned = list(self.steps.values())
+        if storage.is_local(prefix):
+            for item in planned:
+                item.status = step_status(item.ref.name_with_hash, prefix)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            names = [item.ref.name_with_hash for item in planned]
+            for item, status in zip(planned, pool.map(step_status, names, [prefix] * len(names))):
+                item.status = status
+
+
+def step_status(name_with_hash: str, prefix: str | None = None) -> str:
+    """committed / running / failed / missing, read from the output's `.lmflows` folder."""
+    prefix = prefix or storage.current_prefix()
+    if records.read_commit(name_with_hash, prefix) is not None:
+        return "committed"
+    if lease.is_live(lease.read(storage.meta_path(name_with_hash, storage.LEASE_FILE, prefix))):
+        return "running"
+    fs, path = storage.filesystem(storage.meta_path(name_with_hash, storage.FAILED_FILE, prefix))
+    if fs.exists(path):
+        return "failed"
+    return "missing"
+
+
+def active_plan() -> Plan | None:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def planning() -> Iterator[Plan]:
+    """Run the body in planning mode; calling a Prefect flow inside runs its function only."""
+    import prefect
+
+    plan = Plan()
+    token = _ACTIVE.set(plan)
+    original_call = prefect.Flow.__call__
+
+    def call_flow_function(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Subflows in planning mode: no flow run, no server; steps inside still plan.
+        kwargs.pop("return_state", None)
+        kwargs.pop("wait_for", None)
+        return self.fn(*args, **kwargs)
+
+    prefect.Flow.__call__ = call_flow_function
+    try:
+        yield plan
+    finally:
+        prefect.Flow.__call__ = original_call
+        _ACTIVE.reset(token)
+
+
+class PlannedFuture:
+    """What `.submit()` returns in planning mode: a finished future holding the StepRef."""
+
+    def __init__(self, ref: StepRef) -> None:
+        self.ref = ref
+        self.task_run_id = None
+
+    def result(self, *args: Any, **kwargs: Any) -> StepRef:
+        return self.ref
+
+    def wait(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    @property
+    def state(self) -> Any:
+        from prefect.states import Completed
+
+        return Completed(data=self.ref)
+
+
+class PlannedFutureList(list):
+    def result(self, *args: Any, **kwargs: Any) -> list[StepRef]:
+        return [future.result() for future in self]
+
+    def wait(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def resolve_planned(value: Any) -> Any:
+    """Replace PlannedFutures nested in arguments by their StepRefs."""
+    if isinstance(value, PlannedFuture):
+        return value.ref
+    if isinstance(value, list):
+        return [resolve_planned(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(resolve_planned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: resolve_planned(v) for k, v in value.items()}
+    return value

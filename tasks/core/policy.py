@@ -1,0 +1,96 @@
+"""The Prefect side of a step: its cache policy (key = identity) and its lease lock manager."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from prefect.locking.protocol import LockManager
+
+from tasks.core import lease, records, storage
+from tasks.core.identity import identify
+
+
+def _lease_path_of(key: str) -> str:
+    name_with_hash = storage.name_with_hash_of_key(key)
+    if name_with_hash is None:
+        raise ValueError(f"{key!r} is not an lmflows commit key")
+    return storage.meta_path(name_with_hash, storage.LEASE_FILE)
+
+
+class LeaseLockManager(LockManager):
+    """Prefect `LockManager` over `tasks.core.lease` (see that module for the semantics)."""
+
+    poll_seconds: float = 0.2
+    max_poll_seconds: float = 2.0
+
+    def _committed(self, key: str) -> bool:
+        name_with_hash = storage.name_with_hash_of_key(key)
+        return name_with_hash is not None and records.read_commit(name_with_hash) is not None
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        lease_path = _lease_path_of(key)
+        if lease.holds(lease_path, holder):
+            return True
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        delay = self.poll_seconds
+        while True:
+            # Double-checked: a committed step needs no lease (Prefect will serve it Cached).
+            if self._committed(key) or lease.try_acquire(lease_path, holder):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll_seconds)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        from prefect.utilities.asyncutils import run_sync_in_worker_thread
+
+        return await run_sync_in_worker_thread(
+            self.acquire_lock, key, holder, acquire_timeout, hold_timeout
+        )
+
+    def release_lock(self, key: str, holder: str) -> None:
+        # Prefect calls this after commits it took no lock for: a no-op then.
+        lease.release(_lease_path_of(key), holder)
+
+    def is_locked(self, key: str) -> bool:
+        return lease.is_live(lease.read(_lease_path_of(key)))
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        return lease.holds(_lease_path_of(key), holder)
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self.poll_seconds
+        while self.is_locked(key) and not self._committed(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll_seconds)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        from prefect.utilities.asyncutils import run_sync_in_worker_thread
+
+        return await run_sync_in_worker_thread(self.wait_for_lock, key, timeout)
+
+
+@dataclasses.dataclass
+class StepCachePolicy(CachePolicy):
+    """Cache key = the step identity's commit path, relative to the prefix (DESIGN §3/§4).
+
+    Identity never depends on the prefix, so the same key is found in any bucket.
+    """
+
+    name_template: str = ""
+    hash_attrs: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any],
+                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        identity = identify(self.name_template, self.hash_attrs, inputs)
+        return storage.commit_key(identity.name_with_hash)

@@ -1,0 +1,75 @@
+"""Provenance records: what produced an output, written beside its commit (DESIGN §9)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import socket
+import subprocess
+from typing import Any
+
+from tasks.core import storage
+from tasks.core.identity import Identity
+
+_PACKAGES = ("lmflows", "prefect", "prefect-ray", "fsspec", "gcsfs", "levanter", "haliax",
+             "jax", "jaxlib", "tokenizers", "transformers", "numpy")
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@functools.lru_cache(maxsize=32)
+def git_commit(directory: str) -> dict[str, Any] | None:
+    """HEAD of the git checkout holding `directory`, and whether it had local changes."""
+    try:
+        head = subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", directory, "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _run_ids() -> dict[str, str | None]:
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        task_ctx = TaskRunContext.get()
+        flow_ctx = FlowRunContext.get()
+        return {
+            "task_run_id": str(task_ctx.task_run.id) if task_ctx else None,
+            "flow_run_id": str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None,
+        }
+    except Exception:
+        return {"task_run_id": None, "flow_run_id": None}
+
+
+def build(identity: Identity, fn: Any, started: float, ended: float,
+          prefix: str) -> dict[str, Any]:
+    source_file = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    return {
+        "name": identity.name,
+        "hash": identity.hash,
+        "attrs": identity.attrs,
+        "deps": [{"identity": dep, "path": storage.join(prefix, dep)} for dep in identity.deps],
+        "function": f"{fn.__module__}.{fn.__qualname__}",
+        "git": git_commit(os.path.dirname(os.path.abspath(source_file))) if source_file else None,
+        "packages": package_versions(),
+        "started_at": started,
+        "ended_at": ended,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        **_run_ids(),
+    }

@@ -1,0 +1,199 @@
+"""Commit records: Prefect result records for StepRefs, written as JSON and read defensively.
+
+Prefect reads a record with the serializer named *inside* the record, so a planted record that
+names the pickle serializer, or a JSON decoder hook, runs code on every machine that reads the
+bucket (checked on Prefect 3.9.1). `StepStorage.read_path` therefore refuses any record that is
+not exactly our own serializer before Prefect sees it, and `StepRefSerializer` only ever builds
+a `StepRef` from plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from typing import Any, ClassVar, Literal
+
+from prefect.filesystems import WritableFileSystem
+from prefect.serializers import Serializer
+from pydantic import Field
+
+from tasks.core import storage
+from tasks.core.ref import StepRef
+
+logger = logging.getLogger("lmflows.records")
+
+SERIALIZER_TYPE = "lmflows-stepref"
+
+
+class StepRefSerializer(Serializer):
+    """Serialises a StepRef as plain JSON; refuses to build anything else on load."""
+
+    type: Literal["lmflows-stepref"] = Field(default=SERIALIZER_TYPE, frozen=True)
+
+    def dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, StepRef):
+            return json.dumps(obj.to_json(), sort_keys=True).encode()
+        if isinstance(obj, BaseException):
+            # Failure records never reach storage (see StepStorage.write_path); keep them
+            # encodable so Prefect's failure handling does not log a serialisation error.
+            return json.dumps({"error": type(obj).__name__, "message": str(obj)}).encode()
+        raise TypeError(f"a step must return through StepRef, got {type(obj).__name__}")
+
+    def loads(self, blob: bytes) -> Any:
+        return StepRef.from_json(json.loads(blob))
+
+
+class UnsafeRecordError(ValueError):
+    """A commit record that is not a plain lmflows JSON record: never deserialised."""
+
+
+def parse_commit(content: bytes, where: str) -> StepRef:
+    """Validate a commit record's bytes and return its StepRef, or raise UnsafeRecordError."""
+    try:
+        record = json.loads(content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnsafeRecordError(f"commit record {where} is not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or set(record) != {"metadata", "result"}:
+        raise UnsafeRecordError(f"commit record {where} does not have the record shape")
+    metadata = record["metadata"]
+    serializer = metadata.get("serializer") if isinstance(metadata, dict) else None
+    if serializer != {"type": SERIALIZER_TYPE}:
+        raise UnsafeRecordError(
+            f"commit record {where} names serializer {serializer!r}; only "
+            f"{{'type': {SERIALIZER_TYPE!r}}} is ever read"
+        )
+    if metadata.get("storage_block_id") is not None:
+        raise UnsafeRecordError(f"commit record {where} points at a storage block")
+    result = record["result"]
+    if not isinstance(result, str):
+        raise UnsafeRecordError(f"commit record {where} has a non-string result")
+    try:
+        return StepRef.from_json(json.loads(result))
+    except ValueError as exc:
+        raise UnsafeRecordError(f"commit record {where}: {exc}") from exc
+
+
+def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | None:
+    """The committed StepRef of an output, None if there is none; warns on a bad record."""
+    path = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
+    fs, fs_path = storage.filesystem(path)
+    try:
+        content = fs.cat_file(fs_path)
+    except FileNotFoundError:
+        return None
+    try:
+        ref = parse_commit(content, path)
+    except UnsafeRecordError as exc:
+        warn_bad_record(exc)
+        return None
+    if ref.name_with_hash != name_with_hash:
+        warn_bad_record(UnsafeRecordError(f"commit record {path} names {ref.name_with_hash}"))
+        return None
+    return ref
+
+
+def warn_bad_record(exc: Exception) -> None:
+    message = f"{exc}; treating the step as not committed and recomputing it"
+    try:
+        from prefect.logging import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:
+        logger.warning(message)
+
+
+def write_atomic(path: str, content: bytes) -> None:
+    """Write a whole file so that readers see the old content or the new, never a part.
+
+    Local: temp file + fsync + rename. Object stores (gs://) replace objects atomically.
+    """
+    fs, fs_path = storage.filesystem(path)
+    if storage.is_local(path):
+        os.makedirs(os.path.dirname(fs_path), exist_ok=True)
+        tmp = f"{fs_path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, fs_path)
+    else:
+        fs.pipe_file(fs_path, content)
+
+
+def write_json(path: str, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+def _relative_storage_key(content: bytes, relative: str) -> bytes:
+    """Prefect records the absolute path of a record; keep records prefix-free instead, so
+    that a copied bucket holds no trace of where it came from (reads use the key anyway)."""
+    record = json.loads(content)
+    record["metadata"]["storage_key"] = relative
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+class StepStorage(WritableFileSystem):
+    """Prefect result storage rooted at the current prefix, resolved when used.
+
+    Resolving at use time (not at decoration time) is what lets `--prefix`, a Ray worker's
+    environment or a copied bucket decide where records live. Only commit records are ever
+    written: Prefect's failure records (random UUID keys at the storage root) are dropped,
+    because the step writes its own `failed.json` inside its output directory.
+    """
+
+    _block_type_name: ClassVar[str] = "lmflows step storage"
+    _block_type_slug: ClassVar[str] = "lmflows-step-storage"
+
+    prefix: str | None = Field(default=None, description="Fixed prefix; None: LMFLOWS_PREFIX")
+
+    def _root(self) -> str:
+        return storage.normalize_prefix(self.prefix) if self.prefix else storage.current_prefix()
+
+    def _resolve_path(self, key: str) -> str:
+        # Prefect keys its in-process record cache by this; include the prefix so that two
+        # prefixes in one process never share cached records.
+        return storage.join(self._root(), key)
+
+    def _locate(self, key: str) -> tuple[str, str]:
+        """(absolute path, key relative to the root); Prefect passes either form."""
+        root = self._root()
+        if key.startswith(root + "/"):
+            return key, key[len(root) + 1 :]
+        return storage.join(root, key), key
+
+    def _read(self, key: str) -> bytes:
+        path, _ = self._locate(key)
+        fs, fs_path = storage.filesystem(path)
+        content = fs.cat_file(fs_path)  # FileNotFoundError: Prefect treats it as a miss
+        try:
+            parse_commit(content, path)
+        except UnsafeRecordError as exc:
+            warn_bad_record(exc)
+            raise
+        return content
+
+    def _write(self, key: str, content: bytes) -> str:
+        path, relative = self._locate(key)
+        name_with_hash = storage.name_with_hash_of_key(relative)
+        if name_with_hash is None:
+            return path
+        from tasks.core import lease
+
+        content = _relative_storage_key(content, relative)
+        lease.assert_held(storage.meta_path(name_with_hash, storage.LEASE_FILE, self._root()))
+        write_atomic(path, content)
+        return path
+
+    async def aread_path(self, path: str) -> bytes:
+        return self._read(path)
+
+    def read_path(self, path: str, **_: Any) -> bytes:  # type: ignore[override]
+        return self._read(path)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self._write(path, content)
+
+    def write_path(self, path: str, content: bytes, **_: Any) -> str:  # type: ignore[override]
+        return self._write(path, content)

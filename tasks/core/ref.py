@@ -1,0 +1,69 @@
+"""StepRef: the small JSON value a step call returns and the way steps depend on each other."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tasks.core import storage
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRef:
+    """A reference to a step's committed output.
+
+    It stores the identity and a sub-path, never an absolute path: `.path` is resolved against
+    the current prefix when read, so a copied bucket or another region serves the same refs.
+    """
+
+    name: str
+    hash: str
+    sub_path: str = ""
+    metadata: Any = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name_with_hash(self) -> str:
+        return f"{self.name}-{self.hash}"
+
+    @property
+    def identity(self) -> str:
+        """How this reference enters a consumer's hash: ``NAME-HASH`` or ``NAME-HASH/sub``."""
+        if self.sub_path:
+            return f"{self.name_with_hash}/{self.sub_path}"
+        return self.name_with_hash
+
+    @property
+    def path(self) -> str:
+        """The absolute location under the current prefix (``LMFLOWS_PREFIX``)."""
+        return storage.join(storage.current_prefix(), self.identity)
+
+    def cd(self, sub_path: str) -> StepRef:
+        """A reference to a path inside this output that keeps the dependency."""
+        parts = [p for p in sub_path.strip("/").split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise ValueError(f"cd({sub_path!r}): need a relative path without '.' or '..'")
+        joined = "/".join(parts)
+        if self.sub_path:
+            joined = f"{self.sub_path}/{joined}"
+        return dataclasses.replace(self, sub_path=joined, metadata={})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "hash": self.hash,
+            "sub_path": self.sub_path,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> StepRef:
+        """Build a StepRef from its JSON form, refusing anything else (records are untrusted)."""
+        if not isinstance(data, dict) or set(data) - {"name", "hash", "sub_path", "metadata"}:
+            raise ValueError(f"not a StepRef record: {str(data)[:200]!r}")
+        name, hash_, sub = data.get("name"), data.get("hash"), data.get("sub_path", "")
+        if not all(isinstance(v, str) for v in (name, hash_, sub)):
+            raise ValueError("StepRef fields name/hash/sub_path must be strings")
+        return cls(name=name, hash=hash_, sub_path=sub, metadata=data.get("metadata") or {})
+
+    def __repr__(self) -> str:
+        return f"StepRef({self.identity!r})"

@@ -1,0 +1,93 @@
+"""Where outputs live: the prefix (any fsspec URL), path joining and the per-step layout.
+
+Every step output is ``{prefix}/{name}-{hash}``; the framework's own files sit in a
+``.lmflows`` folder inside it so that copying an output directory copies its commit.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+PREFIX_ENV = "LMFLOWS_PREFIX"
+DEFAULT_PREFIX = "~/.lmflows/outputs"
+
+META_DIR = ".lmflows"
+COMMIT_FILE = f"{META_DIR}/commit.json"
+PROVENANCE_FILE = f"{META_DIR}/provenance.json"
+LEASE_FILE = f"{META_DIR}/lease.json"
+LEASE_GUARD_FILE = f"{META_DIR}/lease.guard"
+FAILED_FILE = f"{META_DIR}/failed.json"
+# Files that survive clearing an output directory before a new attempt.
+KEEP_ON_CLEAR = (LEASE_FILE, LEASE_GUARD_FILE)
+
+
+class PrefixError(ValueError):
+    """A prefix URL that no filesystem can serve."""
+
+
+def normalize_prefix(url: str) -> str:
+    """Absolute, slash-free-ended form of a prefix; local paths become absolute paths."""
+    url = url.strip()
+    if not url:
+        raise PrefixError("prefix is empty")
+    if "://" in url:
+        protocol = url.split("://", 1)[0]
+        if protocol == "file":
+            return normalize_prefix(url.split("://", 1)[1])
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as exc:
+            raise PrefixError(f"prefix {url!r}: unknown or unavailable filesystem {protocol!r}: {exc}") from exc
+        stripped = url.rstrip("/")
+        if stripped.endswith("://"):
+            raise PrefixError(f"prefix {url!r} names no bucket or folder")
+        return stripped
+    return str(Path(url).expanduser().resolve())
+
+
+def current_prefix() -> str:
+    """The prefix in force now: ``LMFLOWS_PREFIX`` or the default local folder."""
+    return _normalized(os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX)
+
+
+@lru_cache(maxsize=64)
+def _normalized(url: str) -> str:
+    return normalize_prefix(url)
+
+
+def join(prefix: str, *parts: str) -> str:
+    return "/".join([prefix.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for `url` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def output_dir(name_with_hash: str, prefix: str | None = None) -> str:
+    return join(prefix or current_prefix(), name_with_hash)
+
+
+def meta_path(name_with_hash: str, which: str, prefix: str | None = None) -> str:
+    return join(prefix or current_prefix(), name_with_hash, which)
+
+
+def commit_key(name_with_hash: str) -> str:
+    """The cache key (relative to the prefix) Prefect writes the commit record at."""
+    return f"{name_with_hash}/{COMMIT_FILE}"
+
+
+def name_with_hash_of_key(key: str) -> str | None:
+    """Invert `commit_key`; None for keys that are not commit records."""
+    suffix = "/" + COMMIT_FILE
+    return key[: -len(suffix)] if key.endswith(suffix) else None
