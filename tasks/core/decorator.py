@@ -221,6 +221,20 @@ class Step(Task):
         return new
 
 
+class IdentityRunName:
+    """Names each task run after its identity (``toy/square-0fde9076ed``) in the Prefect UI."""
+
+    def __init__(self, name_template: str, hash_attrs: tuple[str, ...]) -> None:
+        self.name_template = name_template
+        self.hash_attrs = hash_attrs
+
+    def __call__(self, parameters: dict[str, Any]) -> str:
+        try:
+            return identify(self.name_template, self.hash_attrs, parameters).name_with_hash
+        except Exception:
+            return self.name_template
+
+
 def _is_mappable(value: Any) -> bool:
     from prefect.utilities.annotations import quote, unmapped
 
@@ -309,6 +323,7 @@ def step(fn: Callable[..., Any] | None = None, *, hash_attrs: Iterable[str] = ()
         lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"
     )
     task_options.setdefault("name", name_template if not fields else fn.__name__)
+    task_options.setdefault("task_run_name", IdentityRunName(name_template, hash_attrs))
     task = Step(
         fn=runner,
         cache_policy=policy,

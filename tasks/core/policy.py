@@ -13,10 +13,11 @@ from tasks.core import lease, records, storage
 from tasks.core.identity import identify
 
 
-def _lease_path_of(key: str) -> str:
+def _lease_path_of(key: str) -> str | None:
+    """The lease of a commit key; None for other keys (Prefect's failure records)."""
     name_with_hash = storage.name_with_hash_of_key(key)
     if name_with_hash is None:
-        raise ValueError(f"{key!r} is not an lmflows commit key")
+        return None
     return storage.meta_path(name_with_hash, storage.LEASE_FILE)
 
 
@@ -33,6 +34,8 @@ class LeaseLockManager(LockManager):
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                      hold_timeout: float | None = None) -> bool:
         lease_path = _lease_path_of(key)
+        if lease_path is None:
+            raise ValueError(f"{key!r} is not an lmflows commit key")
         if lease.holds(lease_path, holder):
             return True
         deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
@@ -56,13 +59,17 @@ class LeaseLockManager(LockManager):
 
     def release_lock(self, key: str, holder: str) -> None:
         # Prefect calls this after commits it took no lock for: a no-op then.
-        lease.release(_lease_path_of(key), holder)
+        lease_path = _lease_path_of(key)
+        if lease_path is not None:
+            lease.release(lease_path, holder)
 
     def is_locked(self, key: str) -> bool:
-        return lease.is_live(lease.read(_lease_path_of(key)))
+        lease_path = _lease_path_of(key)
+        return lease_path is not None and lease.is_live(lease.read(lease_path))
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
-        return lease.holds(_lease_path_of(key), holder)
+        lease_path = _lease_path_of(key)
+        return lease_path is not None and lease.holds(lease_path, holder)
 
     def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,71 @@
+"""Which Prefect API a command-line run talks to (DESIGN §8).
+
+An ephemeral server costs ~13 s per process on these machines, a running one ~0.5 s, so the
+default is to reuse a local server, or start one in the background once and keep it. A user
+whose environment or Prefect profile sets PREFECT_API_URL is never second-guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+PORT_ENV = "LMFLOWS_SERVER_PORT"
+DEFAULT_PORT = 4200
+START_TIMEOUT_S = 120.0
+
+
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def healthy(api_url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def ui_url(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def ensure_server(mode: str = "auto", announce=print) -> str | None:
+    """Return the API URL runs should use, starting a local server if needed.
+
+    mode: "auto" (reuse or start a local server), "ephemeral" (Prefect's per-process
+    temporary server: slow, but leaves nothing running).
+    """
+    configured = configured_api_url()
+    if configured:
+        return configured
+    if mode == "ephemeral":
+        return None
+    port = int(os.environ.get(PORT_ENV, DEFAULT_PORT))
+    api_url = f"http://127.0.0.1:{port}/api"
+    if not healthy(api_url):
+        announce(f"lmflows: starting a local Prefect server on 127.0.0.1:{port} "
+                 "(once; later runs reuse it; stop it with `prefect server stop`)")
+        subprocess.run(
+            [sys.executable, "-m", "prefect", "server", "start", "--background",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not healthy(api_url):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server on port {port} did not become healthy "
+                                   f"within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = api_url
+    return api_url

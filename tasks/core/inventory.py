@@ -1,0 +1,79 @@
+"""What is committed under a prefix: one entry per output directory with a commit record."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from tasks.core import records, storage
+
+
+@dataclasses.dataclass
+class CommittedStep:
+    name_with_hash: str
+    path: str
+    size_bytes: int
+    committed_at: float
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.committed_at)
+
+
+def committed_steps(prefix: str | None = None) -> list[CommittedStep]:
+    prefix = prefix or storage.current_prefix()
+    found = _local(prefix) if storage.is_local(prefix) else _remote(prefix)
+    return sorted(found, key=lambda s: s.name_with_hash)
+
+
+def _local(prefix: str) -> list[CommittedStep]:
+    found = []
+    for root, dirs, _files in os.walk(prefix):
+        commit = os.path.join(root, storage.COMMIT_FILE)
+        if storage.META_DIR in dirs and os.path.isfile(commit):
+            dirs[:] = []  # an output directory: never descend into its files
+            name_with_hash = os.path.relpath(root, prefix)
+            if records.read_commit(name_with_hash, prefix) is None:
+                continue
+            size = sum(os.path.getsize(os.path.join(r, f))
+                       for r, _, fs in os.walk(root) for f in fs)
+            found.append(CommittedStep(name_with_hash, root, size, os.path.getmtime(commit)))
+        else:
+            dirs[:] = [d for d in dirs if d != storage.META_DIR]
+    return found
+
+
+def _remote(prefix: str) -> list[CommittedStep]:
+    fs, base = storage.filesystem(prefix)
+    protocol = prefix.split("://", 1)[0]
+    try:
+        listing = fs.find(base, detail=True)
+    except FileNotFoundError:
+        return []
+    suffix = "/" + storage.COMMIT_FILE
+    outputs = {p[: -len(suffix)]: info for p, info in listing.items() if p.endswith(suffix)}
+    found = []
+    for out, info in outputs.items():
+        name_with_hash = out[len(base.rstrip("/")) + 1 :]
+        if records.read_commit(name_with_hash, prefix) is None:
+            continue
+        size = sum(i.get("size", 0) or 0 for p, i in listing.items() if p.startswith(out + "/"))
+        updated = info.get("updated") or info.get("mtime") or info.get("LastModified")
+        found.append(CommittedStep(name_with_hash, f"{protocol}://{out}", size, _timestamp(updated)))
+    return found
+
+
+def _timestamp(value: object) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "timestamp"):
+        return value.timestamp()  # type: ignore[union-attr]
+    if isinstance(value, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0

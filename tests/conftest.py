@@ -1,0 +1,90 @@
+"""Test environment: an isolated PREFECT_HOME, one real Prefect server for the session, a
+fresh output prefix per test.
+
+Prefect reads its settings when imported, so the environment is set here, before any test
+module imports prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_HOME = tempfile.mkdtemp(prefix="lmflows-test-prefect-")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_PORT = free_port()
+API_URL = f"http://127.0.0.1:{_PORT}/api"
+os.environ.update({
+    "PREFECT_HOME": _HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_API_URL": API_URL,
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "RAY_AUTH_MODE": "disabled",
+    "WANDB_MODE": "disabled",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+})
+os.environ.pop("LMFLOWS_PREFIX", None)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """A real `prefect server start` process, shared by the session."""
+    log = open(Path(_HOME) / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(_PORT), "--no-services"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while not _healthy(API_URL):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Prefect server did not start; see {log.name}")
+        time.sleep(0.5)
+    yield API_URL
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def prefix(tmp_path, monkeypatch) -> str:
+    """A fresh LMFLOWS_PREFIX for the test (local disk)."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(out))
+    return str(out)
+
+
+def run_python(code_or_args: list[str], env: dict | None = None, timeout: float = 180,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run `python ARGS` in the repo with the test environment (plus `env`)."""
+    return subprocess.run([sys.executable, *code_or_args], cwd=REPO, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -1,0 +1,90 @@
+"""Steps used by the tests. Behaviour is steered by environment variables so that the same
+steps run in the test process and in the worker processes the tests start."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import time
+from pathlib import Path
+
+from tasks.core import step
+
+
+def _log(label: str) -> None:
+    log = os.environ.get("LMFLOWS_TEST_LOG")
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, f"{label} {os.getpid()}\n".encode())
+        os.close(fd)
+
+
+@step(hash_attrs=["n"], name="t/source")
+def source(n: int, workers: int = 1, *, output_path: str) -> dict:
+    """`workers` is operational: not a hash attribute."""
+    _log(f"source-{n}")
+    time.sleep(float(os.environ.get("LMFLOWS_TEST_SLEEP", "0")))
+    os.makedirs(output_path, exist_ok=True)
+    Path(output_path, "data.json").write_text(json.dumps(list(range(n))))
+    return {"n": n}
+
+
+@step(hash_attrs=["k"], name="t/derive")
+def derive(src: str, k: int = 1, *, output_path: str) -> dict:
+    _log(f"derive-{k}")
+    time.sleep(float(os.environ.get("LMFLOWS_TEST_SLEEP", "0")))
+    data = json.loads(Path(src, "data.json").read_text()) if os.path.isdir(src) else \
+        json.loads(Path(src).read_text())
+    Path(output_path, "data.json").write_text(json.dumps([v * k for v in data]))
+    return {"sum": sum(v * k for v in data), "src": src}
+
+
+@step(name="t/gather")
+def gather(parts: list, named: dict, *, output_path: str) -> dict:
+    _log("gather")
+    Path(output_path, "inputs.json").write_text(json.dumps({"parts": parts, "named": named}))
+    return {"parts": parts, "named": named}
+
+
+@step(hash_attrs=["label"], name="t/flaky/{label}")
+def flaky(label: str, *, output_path: str) -> dict:
+    """Writes a partial file, then fails while LMFLOWS_TEST_FAIL=1."""
+    _log(f"flaky-{label}")
+    Path(output_path, "partial.txt").write_text(f"attempt by {os.getpid()}")
+    if os.environ.get("LMFLOWS_TEST_FAIL") == "1":
+        raise RuntimeError("planned failure")
+    Path(output_path, "done.txt").write_text(f"finished by {os.getpid()}")
+    return {"pid": os.getpid()}
+
+
+@step(hash_attrs=["label"], name="t/blocker")
+def blocker(label: str, *, output_path: str) -> dict:
+    """Writes a partial file, says it is ready, then waits for a release file (or 600 s)."""
+    _log(f"blocker-{label}")
+    Path(output_path, "partial.txt").write_text(f"attempt by {os.getpid()}")
+    ready = os.environ.get("LMFLOWS_TEST_READY")
+    if ready:
+        Path(ready).write_text(str(os.getpid()))
+    release = os.environ.get("LMFLOWS_TEST_RELEASE")
+    deadline = time.time() + 600
+    while release and not os.path.exists(release) and time.time() < deadline:
+        time.sleep(0.1)
+    Path(output_path, "done.txt").write_text(f"finished by {os.getpid()}")
+    return {"pid": os.getpid()}
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Shape:
+    sides: int
+    color: Color
+
+
+@step(hash_attrs=["config"], name="t/typed")
+def typed(config: object, *, output_path: str) -> dict:
+    return {"ok": True}

@@ -1,0 +1,189 @@
+"""Steps inside real Prefect flows (real server): caching, Prefect features, failures,
+corrupt and planted records, copied buckets, --force."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.states import State
+
+from tasks.core import StepRef, set_force
+from tests.helpers import steps
+
+
+@pytest.fixture
+def call_log(tmp_path, monkeypatch) -> Path:
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("LMFLOWS_TEST_LOG", str(log))
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@flow
+def chain(n: int = 3, k: int = 2) -> dict:
+    a = steps.source(n, return_state=True)
+    b = steps.derive(a.result(), k=k, return_state=True)
+    c = steps.derive(b.result().cd("data.json"), k=10, return_state=True)
+    return {"states": [a, b, c], "refs": [a.result(), b.result(), c.result()]}
+
+
+def state_names(states: list[State]) -> list[str]:
+    return [s.name for s in states]
+
+
+def test_second_run_is_all_cached_and_returns_the_same_refs(prefix, call_log):
+    first = chain()
+    assert state_names(first["states"]) == ["Completed"] * 3
+    second = chain()
+    assert state_names(second["states"]) == ["Cached"] * 3
+    assert second["refs"] == first["refs"]
+    assert [r.metadata for r in second["refs"]] == [r.metadata for r in first["refs"]]
+    assert calls(call_log) == ["source-3", "derive-2", "derive-10"]
+
+
+def test_function_receives_plain_paths_and_output_path(prefix, call_log):
+    result = chain()
+    a, b, c = result["refs"]
+    assert b.metadata["src"] == f"{prefix}/{a.name_with_hash}"
+    assert c.metadata["src"] == f"{prefix}/{b.name_with_hash}/data.json"
+    assert json.loads(Path(c.path, "data.json").read_text()) == [0, 20, 40]
+    assert a.metadata == {"n": 3} and a.path == f"{prefix}/{a.name_with_hash}"
+
+
+def test_commit_record_is_json_inside_the_output_and_provenance_sits_beside_it(prefix):
+    _, b, _ = chain()["refs"]
+    meta = Path(b.path, ".lmflows")
+    record = json.loads((meta / "commit.json").read_text())
+    assert record["metadata"]["serializer"] == {"type": "lmflows-stepref"}
+    assert record["metadata"]["storage_key"] == f"{b.name_with_hash}/.lmflows/commit.json"
+    a_record = Path(steps.source.ref_for(3).path, ".lmflows/commit.json").read_text()
+    assert prefix not in a_record, "records hold no trace of the prefix"
+    prov = json.loads((meta / "provenance.json").read_text())
+    assert prov["name"] == "t/derive" and prov["hash"] == b.hash
+    assert prov["attrs"] == {"src": steps.source.ref_for(3).name_with_hash, "k": 2}
+    assert prov["deps"][0]["identity"] == steps.source.ref_for(3).name_with_hash
+    assert prov["function"] == "tests.helpers.steps.derive"
+    assert prov["flow_run_id"] and prov["task_run_id"]
+    assert prov["packages"]["prefect"].startswith("3.")
+    assert prov["ended_at"] >= prov["started_at"]
+    assert not (meta / "lease.json").exists(), "lease is released after commit"
+    assert not list(Path(prefix).glob("*-*-*-*-*")), "no stray Prefect records at the root"
+
+
+def test_submit_map_with_options_tags_and_retries(prefix, call_log, monkeypatch):
+    @flow
+    def fan_out():
+        futures = steps.source.map([1, 2, 3])
+        refs = futures.result()
+        derived = steps.derive.submit(refs[0], k=5)
+        with_retry = steps.flaky.with_options(retries=2, tags=["x"])
+        return refs, derived.result(), with_retry("ok")
+
+    refs, derived, flaky_ref = fan_out()
+    assert [r.metadata["n"] for r in refs] == [1, 2, 3]
+    assert derived.metadata["sum"] == 0
+    assert isinstance(flaky_ref, StepRef) and flaky_ref.name == "t/flaky/ok"
+    again = fan_out()
+    assert again[0] == refs
+    assert sorted(calls(call_log)) == sorted(["source-1", "source-2", "source-3", "derive-5",
+                                              "flaky-ok"])
+
+
+def test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing(
+        prefix, call_log, monkeypatch):
+    @flow
+    def one():
+        return steps.flaky("f", return_state=True)
+
+    monkeypatch.setenv("LMFLOWS_TEST_FAIL", "1")
+    failed = one(return_state=True)
+    assert failed.is_failed()
+    out = Path(steps.flaky.ref_for("f").path)
+    assert not (out / ".lmflows/commit.json").exists()
+    assert json.loads((out / ".lmflows/failed.json").read_text())["error"] == "RuntimeError"
+    (out / "stale-from-dead-attempt.bin").write_bytes(b"x")
+    monkeypatch.setenv("LMFLOWS_TEST_FAIL", "0")
+    ok = one()
+    assert ok.name == "Completed"
+    assert sorted(p.name for p in out.iterdir()) == [".lmflows", "done.txt", "partial.txt"]
+    assert not (out / ".lmflows/failed.json").exists()
+    assert calls(call_log) == ["flaky-f", "flaky-f"]
+
+
+@pytest.mark.parametrize("content", [b"", b'{"metadata": {', b"\x00\xffgarbage"])
+def test_corrupt_or_truncated_record_is_a_miss_with_a_warning(prefix, call_log, content, caplog):
+    chain()
+    record = Path(steps.source.ref_for(3).path, ".lmflows/commit.json")
+    record.write_bytes(content)
+    result = chain()
+    assert state_names(result["states"]) == ["Completed", "Cached", "Cached"]
+    assert calls(call_log).count("source-3") == 2
+    assert json.loads(record.read_text())["metadata"]["serializer"]["type"] == "lmflows-stepref"
+
+
+def test_planted_pickle_or_decoder_record_is_never_deserialised(prefix, call_log, tmp_path):
+    import base64
+    import pickle
+
+    chain()
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    record = Path(steps.source.ref_for(3).path, ".lmflows/commit.json")
+    planted = {"metadata": {"storage_key": "x", "expiration": None,
+                            "serializer": {"type": "pickle", "picklelib": "pickle"},
+                            "prefect_version": "3.9.1", "storage_block_id": None},
+               "result": base64.b64encode(pickle.dumps(Exploit())).decode()}
+    record.write_text(json.dumps(planted))
+    assert chain()["states"][0].name == "Completed"
+    record.write_text(json.dumps({**planted, "metadata": {
+        **planted["metadata"], "serializer": {"type": "json",
+                                              "object_decoder": "subprocess.getoutput"}},
+        "result": json.dumps(f"touch {marker}")}))
+    assert chain()["states"][0].name == "Completed"
+    assert not marker.exists()
+
+
+def test_copied_bucket_serves_cached_refs_under_the_new_prefix(prefix, call_log, tmp_path,
+                                                               monkeypatch):
+    first = chain()["refs"]
+    copy = tmp_path / "region-b"
+    shutil.copytree(prefix, copy)
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(copy))
+    again = chain()
+    assert state_names(again["states"]) == ["Cached"] * 3
+    assert again["refs"] == first
+    assert again["refs"][1].path == f"{copy}/{first[1].name_with_hash}"
+    assert len(calls(call_log)) == 3
+
+
+def test_force_reexecutes_only_matching_steps(prefix, call_log):
+    chain()
+    set_force(["t/source"])
+    try:
+        result = chain()
+    finally:
+        set_force([])
+    assert state_names(result["states"]) == ["Completed", "Cached", "Cached"]
+    assert calls(call_log) == ["source-3", "derive-2", "derive-10", "source-3"]
+
+
+def test_refresh_cache_option_reexecutes_under_the_lease(prefix, call_log):
+    @flow
+    def refreshed():
+        steps.source(7)
+        return steps.source.with_options(refresh_cache=True)(7, return_state=True)
+
+    assert refreshed().name == "Completed"
+    assert calls(call_log) == ["source-7", "source-7"]
