@@ -17,23 +17,38 @@ USAGE_EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows", epilog=USAGE_EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Run and inspect lmflows experiments.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows",
+        epilog=USAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run and inspect lmflows experiments.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--prefix", help="where outputs live (any fsspec URL); "
-                       "default: $LMFLOWS_PREFIX or ~/.lmflows/outputs")
+        p.add_argument(
+            "--prefix",
+            help="where outputs live (any fsspec URL); "
+            "default: $LMFLOWS_PREFIX or ~/.lmflows/outputs",
+        )
 
     run = sub.add_parser("run", help="run an experiment's flow")
     run.add_argument("experiment", help="module under experiments/ or path to a .py file")
     run.add_argument("--dry-run", action="store_true", help="same as `plan`")
-    run.add_argument("--force", nargs="+", default=[], metavar="GLOB",
-                     help="re-execute steps whose name matches (fnmatch)")
-    run.add_argument("--server", choices=["auto", "ephemeral"], default="auto",
-                     help="auto: reuse or start a local Prefect server (default); "
-                     "ephemeral: Prefect's temporary per-process server")
+    run.add_argument(
+        "--force",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="re-execute steps whose name matches (fnmatch)",
+    )
+    run.add_argument(
+        "--server",
+        choices=["auto", "ephemeral"],
+        default="auto",
+        help="auto: reuse or start a local Prefect server (default); "
+        "ephemeral: Prefect's temporary per-process server",
+    )
     add_common(run)
 
     plan = sub.add_parser("plan", help="show what a run would do; runs and writes nothing")
@@ -78,7 +93,9 @@ def cmd_plan(experiment: str, force: list[str]) -> int:
         status = item.status
         if item.forced and status == "committed":
             status = "forced"
-        rows.append((item.ref.name_with_hash, status, storage.join(prefix, item.ref.name_with_hash)))
+        rows.append(
+            (item.ref.name_with_hash, status, storage.join(prefix, item.ref.name_with_hash))
+        )
     print(_table(rows, ("STEP", "STATUS", "PATH")))
     counts: dict[str, int] = {}
     for _, status, _ in rows:

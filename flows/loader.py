@@ -19,8 +19,9 @@ class ExperimentError(ValueError):
 def available_experiments() -> list[str]:
     import experiments
 
-    return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__)
-                  if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
+    )
 
 
 def load_module(experiment: str) -> ModuleType:
@@ -37,8 +38,9 @@ def load_module(experiment: str) -> ModuleType:
         spec.loader.exec_module(module)
         return module
     if not experiment.replace("_", "").replace(".", "").isalnum():
-        raise ExperimentError(f"{experiment!r} is neither a module name under experiments/ "
-                              "nor a path to a .py file")
+        raise ExperimentError(
+            f"{experiment!r} is neither a module name under experiments/ nor a path to a .py file"
+        )
     module_name = f"experiments.{experiment}"
     try:
         return importlib.import_module(module_name)
@@ -51,12 +53,17 @@ def load_module(experiment: str) -> ModuleType:
 
 def find_flow(module: ModuleType) -> Flow:
     """The one Prefect flow the module defines at module level (imported flows don't count)."""
-    flows = [value for value in vars(module).values()
-             if isinstance(value, Flow) and getattr(value.fn, "__module__", None) == module.__name__]
+    flows = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, Flow) and getattr(value.fn, "__module__", None) == module.__name__
+    ]
     if len(flows) != 1:
         found = ", ".join(sorted(f.name for f in flows)) or "none"
-        raise ExperimentError(f"{module.__name__} must define exactly one Prefect flow at module "
-                              f"level; found {len(flows)} ({found})")
+        raise ExperimentError(
+            f"{module.__name__} must define exactly one Prefect flow at module "
+            f"level; found {len(flows)} ({found})"
+        )
     return flows[0]
 
 

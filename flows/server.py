@@ -54,18 +54,34 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
     port = int(os.environ.get(PORT_ENV, DEFAULT_PORT))
     api_url = f"http://127.0.0.1:{port}/api"
     if not healthy(api_url):
-        announce(f"lmflows: starting a local Prefect server on 127.0.0.1:{port} "
-                 "(once; later runs reuse it; stop it with `prefect server stop`)")
+        announce(
+            f"lmflows: starting a local Prefect server on 127.0.0.1:{port} "
+            "(once; later runs reuse it; stop it with `prefect server stop`)"
+        )
         subprocess.run(
-            [sys.executable, "-m", "prefect", "server", "start", "--background",
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True,
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--background",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server on port {port} did not become healthy "
-                                   f"within {START_TIMEOUT_S:.0f} s")
+                raise RuntimeError(
+                    f"the Prefect server on port {port} did not become healthy "
+                    f"within {START_TIMEOUT_S:.0f} s"
+                )
             time.sleep(0.5)
     os.environ["PREFECT_API_URL"] = api_url
     return api_url

@@ -44,7 +44,10 @@ def count_words(text: str, *, output_path: str) -> dict:
 
 @step(name="toy/summary")
 def summarize(inputs: list, *, output_path: str) -> dict:
-    sizes = {os.path.basename(os.path.dirname(p.rstrip("/"))) or p: len(os.listdir(p))
-             for p in inputs}
-    _write_json(f"{output_path}/summary.json", {"inputs": len(inputs), "files": sum(sizes.values())})
+    sizes = {
+        os.path.basename(os.path.dirname(p.rstrip("/"))) or p: len(os.listdir(p)) for p in inputs
+    }
+    _write_json(
+        f"{output_path}/summary.json", {"inputs": len(inputs), "files": sum(sizes.values())}
+    )
     return {"inputs": len(inputs)}

@@ -30,16 +30,18 @@ def free_port() -> int:
 
 _PORT = free_port()
 API_URL = f"http://127.0.0.1:{_PORT}/api"
-os.environ.update({
-    "PREFECT_HOME": _HOME,
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_API_URL": API_URL,
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_LOGGING_TO_API_ENABLED": "false",
-    "RAY_AUTH_MODE": "disabled",
-    "WANDB_MODE": "disabled",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-})
+os.environ.update(
+    {
+        "PREFECT_HOME": _HOME,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": API_URL,
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_TO_API_ENABLED": "false",
+        "RAY_AUTH_MODE": "disabled",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+)
 os.environ.pop("LMFLOWS_PREFIX", None)
 
 
@@ -56,9 +58,21 @@ def prefect_server():
     """A real `prefect server start` process, shared by the session."""
     log = open(Path(_HOME) / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(_PORT), "--no-services"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(_PORT),
+            "--no-services",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 180
     while not _healthy(API_URL):
@@ -83,8 +97,16 @@ def prefix(tmp_path, monkeypatch) -> str:
     return str(out)
 
 
-def run_python(code_or_args: list[str], env: dict | None = None, timeout: float = 180,
-               **kwargs) -> subprocess.CompletedProcess:
+def run_python(
+    code_or_args: list[str], env: dict | None = None, timeout: float = 180, **kwargs
+) -> subprocess.CompletedProcess:
     """Run `python ARGS` in the repo with the test environment (plus `env`)."""
-    return subprocess.run([sys.executable, *code_or_args], cwd=REPO, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, *code_or_args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO
 from tests.helpers import steps
 
@@ -20,8 +18,14 @@ WORKER = [sys.executable, "-m", "tests.helpers.worker"]
 
 
 def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([*WORKER, *args], cwd=REPO, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*WORKER, *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, timeout: float = 120) -> None:
@@ -41,7 +45,7 @@ def test_three_concurrent_processes_run_each_step_body_once(prefix, tmp_path):
     env = {"LMFLOWS_TEST_LOG": str(log), "LMFLOWS_TEST_SLEEP": "1.5"}
     procs = [start(["chain", "4", "3"], env) for _ in range(3)]
     outputs = [p.communicate(timeout=240) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
     assert sorted(log_lines(log)) == ["derive-3", "source-4"]
     states = [json.loads(out.strip().splitlines()[-1])["states"] for out, _ in outputs]
@@ -50,10 +54,13 @@ def test_three_concurrent_processes_run_each_step_body_once(prefix, tmp_path):
 
 
 def test_sigkill_mid_step_then_rerun_takes_over_and_serves_nothing_from_the_dead_attempt(
-        prefix, tmp_path):
+    prefix, tmp_path
+):
     ready = tmp_path / "ready"
-    first = start(["blocker", "k"], {"LMFLOWS_TEST_READY": str(ready),
-                                     "LMFLOWS_TEST_RELEASE": str(tmp_path / "never")})
+    first = start(
+        ["blocker", "k"],
+        {"LMFLOWS_TEST_READY": str(ready), "LMFLOWS_TEST_RELEASE": str(tmp_path / "never")},
+    )
     wait_for(ready)
     out = Path(steps.blocker.ref_for("k").path)
     lease = json.loads((out / ".lmflows/lease.json").read_text())
@@ -83,9 +90,19 @@ def test_expired_lease_of_another_host_is_taken_over_after_expiry(prefix, tmp_pa
     (out / ".lmflows").mkdir(parents=True)
     (out / "partial.txt").write_text("written by a machine that vanished")
     now = time.time()
-    (out / ".lmflows/lease.json").write_text(json.dumps({
-        "holder": "elsewhere", "token": "t0", "host": "some-other-host", "pid": 1,
-        "pid_started": 0, "acquired_at": now, "expires_at": now + 4}))
+    (out / ".lmflows/lease.json").write_text(
+        json.dumps(
+            {
+                "holder": "elsewhere",
+                "token": "t0",
+                "host": "some-other-host",
+                "pid": 1,
+                "pid_started": 0,
+                "acquired_at": now,
+                "expires_at": now + 4,
+            }
+        )
+    )
     release = tmp_path / "release"
     release.write_text("go")
     started = time.monotonic()
@@ -100,8 +117,10 @@ def test_expired_lease_of_another_host_is_taken_over_after_expiry(prefix, tmp_pa
 def test_a_holder_that_lost_its_lease_fails_instead_of_committing(prefix, tmp_path):
     env = {"LMFLOWS_LEASE_SECONDS": "3"}
     ready, release = tmp_path / "ready", tmp_path / "release"
-    first = start(["blocker", "lost"], {**env, "LMFLOWS_TEST_READY": str(ready),
-                                        "LMFLOWS_TEST_RELEASE": str(release)})
+    first = start(
+        ["blocker", "lost"],
+        {**env, "LMFLOWS_TEST_READY": str(ready), "LMFLOWS_TEST_RELEASE": str(release)},
+    )
     wait_for(ready)
     out = Path(steps.blocker.ref_for("lost").path)
     first.send_signal(signal.SIGSTOP)  # a paused holder: no renewals, but alive
@@ -112,8 +131,14 @@ def test_a_holder_that_lost_its_lease_fails_instead_of_committing(prefix, tmp_pa
         lease = json.loads(lease_file.read_text())
         assert lease["pid"] == first.pid and lease["expires_at"] < time.time()
         lease_file.write_text(json.dumps({**lease, "host": f"not-{socket.gethostname()}"}))
-        second = start(["blocker", "lost"], {**env, "LMFLOWS_TEST_RELEASE": str(release),
-                                             "LMFLOWS_TEST_READY": str(tmp_path / "ready2")})
+        second = start(
+            ["blocker", "lost"],
+            {
+                **env,
+                "LMFLOWS_TEST_RELEASE": str(release),
+                "LMFLOWS_TEST_READY": str(tmp_path / "ready2"),
+            },
+        )
         wait_for(tmp_path / "ready2")
     finally:
         first.send_signal(signal.SIGCONT)

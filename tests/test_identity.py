@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import run_python
 
 from tasks.core import StepDefinitionError, StepNameError, StepRef, step
+from tests.conftest import run_python
 from tests.helpers import steps
 
 
@@ -28,8 +28,10 @@ def test_hash_is_the_frozen_format():
 
 def test_identity_is_the_same_in_another_process_and_under_another_prefix(tmp_path):
     here = steps.derive.ref_for(steps.source.ref_for(5), k=2)
-    code = ("from tests.helpers import steps; "
-            "print(steps.derive.ref_for(steps.source.ref_for(5), k=2).hash)")
+    code = (
+        "from tests.helpers import steps; "
+        "print(steps.derive.ref_for(steps.source.ref_for(5), k=2).hash)"
+    )
     for prefix in (tmp_path / "a", "gs://bucket-b/deep/prefix"):
         result = run_python(["-c", code], env={"LMFLOWS_PREFIX": str(prefix)})
         assert result.returncode == 0, result.stderr
@@ -79,23 +81,38 @@ def test_nested_refs_are_dependencies_sorted_and_deduplicated():
     a, b = steps.source.ref_for(1), steps.source.ref_for(2)
     identity = steps.gather.identify(steps.gather.bind(([b, a, a], {"x": {"y": b}}), {}))
     assert identity.deps == sorted({a.name_with_hash, b.name_with_hash})
-    assert identity.attrs == {"parts": [b.name_with_hash, a.name_with_hash, a.name_with_hash],
-                              "named": {"x": {"y": b.name_with_hash}}}
+    assert identity.attrs == {
+        "parts": [b.name_with_hash, a.name_with_hash, a.name_with_hash],
+        "named": {"x": {"y": b.name_with_hash}},
+    }
 
 
 def test_plain_json_conversions():
-    ident = steps.typed.identify({"config": {"shape": steps.Shape(3, steps.Color.RED),
-                                             "path": Path("/x/y"), "pair": (1, 2.5)}})
-    assert ident.attrs["config"] == {"shape": {"sides": 3, "color": "red"}, "path": "/x/y",
-                                     "pair": [1, 2.5]}
+    ident = steps.typed.identify(
+        {
+            "config": {
+                "shape": steps.Shape(3, steps.Color.RED),
+                "path": Path("/x/y"),
+                "pair": (1, 2.5),
+            }
+        }
+    )
+    assert ident.attrs["config"] == {
+        "shape": {"sides": 3, "color": "red"},
+        "path": "/x/y",
+        "pair": [1, 2.5],
+    }
 
 
-@pytest.mark.parametrize("value, type_name", [
-    (object(), "builtins.object"),
-    ({1, 2}, "builtins.set"),
-    (b"bytes", "builtins.bytes"),
-    ({1: "int key"}, "dict key 1"),
-])
+@pytest.mark.parametrize(
+    "value, type_name",
+    [
+        (object(), "builtins.object"),
+        ({1, 2}, "builtins.set"),
+        (b"bytes", "builtins.bytes"),
+        ({1: "int key"}, "dict key 1"),
+    ],
+)
 def test_non_json_hash_attribute_is_a_type_error_before_anything_runs(prefix, value, type_name):
     with pytest.raises(TypeError) as info:
         steps.typed.ref_for(value)
@@ -122,10 +139,12 @@ def test_stepref_is_json_round_trippable():
         StepRef.from_json({"name": "a", "hash": "b", "__class__": "os.system"})
 
 
-@pytest.mark.parametrize("name", ["Upper", "a//b", "/lead", "trail/", "a/../b", "sp ace", "",
-                                  "a/./b", "ünï"])
+@pytest.mark.parametrize(
+    "name", ["Upper", "a//b", "/lead", "trail/", "a/../b", "sp ace", "", "a/./b", "ünï"]
+)
 def test_invalid_step_names_fail_when_the_decorator_runs(name):
     with pytest.raises(StepDefinitionError, match="name"):
+
         @step(name=name)
         def f(*, output_path: str):
             pass
@@ -145,26 +164,31 @@ def test_template_filled_with_a_bad_value_fails_before_running(prefix):
 
 def test_decorator_errors():
     with pytest.raises(StepDefinitionError, match="output_path"):
+
         @step()
         def no_output(x: int):
             pass
 
     with pytest.raises(StepDefinitionError, match=r"hash_attrs \['nope'\]"):
+
         @step(hash_attrs=["nope"])
         def unknown_attr(x: int, *, output_path: str):
             pass
 
     with pytest.raises(StepDefinitionError, match="missing"):
+
         @step(name="x/{missing}")
         def unknown_field(x: int, *, output_path: str):
             pass
 
     with pytest.raises(StepDefinitionError, match=r"\*args"):
+
         @step()
         def varargs(*args, output_path: str):
             pass
 
     with pytest.raises(TypeError, match="'x'"):
+
         @step(hash_attrs=["x"])
         def bad_default(x=object(), *, output_path: str):
             pass

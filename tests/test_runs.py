@@ -93,12 +93,14 @@ def test_submit_map_with_options_tags_and_retries(prefix, call_log, monkeypatch)
     assert isinstance(flaky_ref, StepRef) and flaky_ref.name == "t/flaky/ok"
     again = fan_out()
     assert again[0] == refs
-    assert sorted(calls(call_log)) == sorted(["source-1", "source-2", "source-3", "derive-5",
-                                              "flaky-ok"])
+    assert sorted(calls(call_log)) == sorted(
+        ["source-1", "source-2", "source-3", "derive-5", "flaky-ok"]
+    )
 
 
 def test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing(
-        prefix, call_log, monkeypatch):
+    prefix, call_log, monkeypatch
+):
     @flow
     def one():
         return steps.flaky("f", return_state=True)
@@ -141,22 +143,37 @@ def test_planted_pickle_or_decoder_record_is_never_deserialised(prefix, call_log
             return (os.system, (f"touch {marker}",))
 
     record = Path(steps.source.ref_for(3).path, ".lmflows/commit.json")
-    planted = {"metadata": {"storage_key": "x", "expiration": None,
-                            "serializer": {"type": "pickle", "picklelib": "pickle"},
-                            "prefect_version": "3.9.1", "storage_block_id": None},
-               "result": base64.b64encode(pickle.dumps(Exploit())).decode()}
+    planted = {
+        "metadata": {
+            "storage_key": "x",
+            "expiration": None,
+            "serializer": {"type": "pickle", "picklelib": "pickle"},
+            "prefect_version": "3.9.1",
+            "storage_block_id": None,
+        },
+        "result": base64.b64encode(pickle.dumps(Exploit())).decode(),
+    }
     record.write_text(json.dumps(planted))
     assert chain()["states"][0].name == "Completed"
-    record.write_text(json.dumps({**planted, "metadata": {
-        **planted["metadata"], "serializer": {"type": "json",
-                                              "object_decoder": "subprocess.getoutput"}},
-        "result": json.dumps(f"touch {marker}")}))
+    record.write_text(
+        json.dumps(
+            {
+                **planted,
+                "metadata": {
+                    **planted["metadata"],
+                    "serializer": {"type": "json", "object_decoder": "subprocess.getoutput"},
+                },
+                "result": json.dumps(f"touch {marker}"),
+            }
+        )
+    )
     assert chain()["states"][0].name == "Completed"
     assert not marker.exists()
 
 
-def test_copied_bucket_serves_cached_refs_under_the_new_prefix(prefix, call_log, tmp_path,
-                                                               monkeypatch):
+def test_copied_bucket_serves_cached_refs_under_the_new_prefix(
+    prefix, call_log, tmp_path, monkeypatch
+):
     first = chain()["refs"]
     copy = tmp_path / "region-b"
     shutil.copytree(prefix, copy)

@@ -84,8 +84,12 @@ def _has_future(value: Any) -> bool:
 # --- the function Prefect runs ------------------------------------------------------------
 
 
-def _make_runner(fn: Callable[..., Any], name_template: str, hash_attrs: tuple[str, ...],
-                 signature: inspect.Signature) -> Callable[..., StepRef]:
+def _make_runner(
+    fn: Callable[..., Any],
+    name_template: str,
+    hash_attrs: tuple[str, ...],
+    signature: inspect.Signature,
+) -> Callable[..., StepRef]:
     @functools.wraps(fn)
     def run_step(*args: Any, **kwargs: Any) -> StepRef:
         bound = signature.bind(*args, **kwargs)
@@ -100,7 +104,9 @@ def _make_runner(fn: Callable[..., Any], name_template: str, hash_attrs: tuple[s
         started = time.time()
         try:
             value = fn(**refs_to_paths(params), **{OUTPUT_PATH: out})
-            metadata = {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
+            metadata = (
+                {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
+            )
         except BaseException as exc:
             record_failure(out, exc, started)
             raise
@@ -139,8 +145,9 @@ class Step(Task):
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if OUTPUT_PATH in kwargs:
-            raise TypeError(f"step {self._lmflows_name!r}: output_path is filled by lmflows; "
-                            "do not pass it")
+            raise TypeError(
+                f"step {self._lmflows_name!r}: output_path is filled by lmflows; do not pass it"
+            )
         return get_call_parameters(self.fn, args, kwargs)
 
     def identify(self, params: dict[str, Any]) -> Identity:
@@ -170,8 +177,9 @@ class Step(Task):
 
     # -- Prefect entry points -------------------------------------------------------------
 
-    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None,
-                 **kwargs: Any) -> Any:
+    def __call__(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
         params = self.bind(args, kwargs)
         if planning.active_plan() is not None:
             return self._plan(params)
@@ -189,7 +197,9 @@ class Step(Task):
     def map(self, *args: Any, **kwargs: Any) -> Any:
         from prefect.utilities.callables import expand_mapping_parameters
 
-        options = {k: kwargs.pop(k) for k in ("return_state", "wait_for", "deferred") if k in kwargs}
+        options = {
+            k: kwargs.pop(k) for k in ("return_state", "wait_for", "deferred") if k in kwargs
+        }
         params = get_call_parameters(self.fn, args, kwargs)
         iterable = {k: v for k, v in params.items() if _is_mappable(v)}
         if not iterable:
@@ -197,9 +207,13 @@ class Step(Task):
         static = {k: _unwrap(v) for k, v in params.items() if k not in iterable}
         lengths = {len(v) for v in iterable.values()}
         if len(lengths) != 1:
-            raise ValueError(f"step {self._lmflows_name!r}.map(): iterables have different "
-                             f"lengths {sorted(lengths)}")
-        calls = expand_mapping_parameters(self.fn, {**static, **{k: list(v) for k, v in iterable.items()}})
+            raise ValueError(
+                f"step {self._lmflows_name!r}.map(): iterables have different "
+                f"lengths {sorted(lengths)}"
+            )
+        calls = expand_mapping_parameters(
+            self.fn, {**static, **{k: list(v) for k, v in iterable.items()}}
+        )
         if planning.active_plan() is not None:
             return planning.PlannedFutureList(planning.PlannedFuture(self._plan(c)) for c in calls)
         for call in calls:
@@ -208,8 +222,10 @@ class Step(Task):
 
     def with_options(self, **options: Any) -> Step:
         if "cache_policy" in options or "cache_key_fn" in options:
-            raise ValueError(f"step {self._lmflows_name!r}: its cache policy is its identity "
-                             "and cannot be replaced")
+            raise ValueError(
+                f"step {self._lmflows_name!r}: its cache policy is its identity "
+                "and cannot be replaced"
+            )
         options.pop("result_storage", None)
         options.pop("result_serializer", None)
         new = super().with_options(result_storage=None, **options)
@@ -268,8 +284,13 @@ def _uncommit(name_with_hash: str) -> None:
 # --- the decorator ------------------------------------------------------------------------
 
 
-def step(fn: Callable[..., Any] | None = None, *, hash_attrs: Iterable[str] = (),
-         name: str | None = None, **task_options: Any) -> Any:
+def step(
+    fn: Callable[..., Any] | None = None,
+    *,
+    hash_attrs: Iterable[str] = (),
+    name: str | None = None,
+    **task_options: Any,
+) -> Any:
     """Declare a step: ``@step(hash_attrs=["n"], name="toy/square")``.
 
     `hash_attrs` names the parameters that define the output; parameters holding StepRefs
@@ -280,7 +301,9 @@ def step(fn: Callable[..., Any] | None = None, *, hash_attrs: Iterable[str] = ()
     if fn is None:
         return functools.partial(step, hash_attrs=hash_attrs, name=name, **task_options)
     if isinstance(hash_attrs, str):
-        raise StepDefinitionError(f"hash_attrs must be a list of parameter names, got {hash_attrs!r}")
+        raise StepDefinitionError(
+            f"hash_attrs must be a list of parameter names, got {hash_attrs!r}"
+        )
     hash_attrs = tuple(hash_attrs)
     if inspect.iscoroutinefunction(fn):
         raise StepDefinitionError(f"{fn.__qualname__}: async step functions are not supported")
@@ -288,26 +311,35 @@ def step(fn: Callable[..., Any] | None = None, *, hash_attrs: Iterable[str] = ()
     params = signature.parameters
     where = f"@step on {fn.__module__}.{fn.__qualname__}"
     if OUTPUT_PATH not in params:
-        raise StepDefinitionError(f"{where}: the function needs a keyword parameter "
-                                  "'output_path: str' (lmflows fills it)")
-    if params[OUTPUT_PATH].kind not in (inspect.Parameter.KEYWORD_ONLY,
-                                        inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise StepDefinitionError(
+            f"{where}: the function needs a keyword parameter 'output_path: str' (lmflows fills it)"
+        )
+    if params[OUTPUT_PATH].kind not in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
         raise StepDefinitionError(f"{where}: 'output_path' must be a keyword parameter")
     for param in params.values():
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            raise StepDefinitionError(f"{where}: *{param.name} is not allowed; steps take "
-                                      "named parameters so that identities are explicit")
+            raise StepDefinitionError(
+                f"{where}: *{param.name} is not allowed; steps take "
+                "named parameters so that identities are explicit"
+            )
     unknown = [a for a in hash_attrs if a not in params or a == OUTPUT_PATH]
     if unknown:
-        raise StepDefinitionError(f"{where}: hash_attrs {unknown} are not parameters of the "
-                                  f"function (parameters: {[p for p in params if p != OUTPUT_PATH]})")
+        raise StepDefinitionError(
+            f"{where}: hash_attrs {unknown} are not parameters of the "
+            f"function (parameters: {[p for p in params if p != OUTPUT_PATH]})"
+        )
     name_template = name if name is not None else fn.__name__
     try:
         fields = template_fields(name_template)
         missing = [f for f in fields if f not in params or f == OUTPUT_PATH]
         if missing:
-            raise StepDefinitionError(f"{where}: name template {name_template!r} refers to "
-                                      f"{missing}, which are not parameters")
+            raise StepDefinitionError(
+                f"{where}: name template {name_template!r} refers to "
+                f"{missing}, which are not parameters"
+            )
         validate_name(name_template.format(**{f: "x" for f in fields}))
     except ValueError as exc:
         raise StepDefinitionError(f"{where}: invalid step name {name_template!r}: {exc}") from exc

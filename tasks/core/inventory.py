@@ -36,8 +36,9 @@ def _local(prefix: str) -> list[CommittedStep]:
             name_with_hash = os.path.relpath(root, prefix)
             if records.read_commit(name_with_hash, prefix) is None:
                 continue
-            size = sum(os.path.getsize(os.path.join(r, f))
-                       for r, _, fs in os.walk(root) for f in fs)
+            size = sum(
+                os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(root) for f in fs
+            )
             found.append(CommittedStep(name_with_hash, root, size, os.path.getmtime(commit)))
         else:
             dirs[:] = [d for d in dirs if d != storage.META_DIR]
@@ -60,7 +61,9 @@ def _remote(prefix: str) -> list[CommittedStep]:
             continue
         size = sum(i.get("size", 0) or 0 for p, i in listing.items() if p.startswith(out + "/"))
         updated = info.get("updated") or info.get("mtime") or info.get("LastModified")
-        found.append(CommittedStep(name_with_hash, f"{protocol}://{out}", size, _timestamp(updated)))
+        found.append(
+            CommittedStep(name_with_hash, f"{protocol}://{out}", size, _timestamp(updated))
+        )
     return found
 
 

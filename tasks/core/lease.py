@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 
@@ -113,8 +114,13 @@ class _LocalLeases:
         except ValueError:
             return {}  # unreadable lease: treated as expired
 
-    def replace_if(self, lease_path: str, expect_token: str | None, new: dict | None,
-                   only_if_free: bool = False) -> bool:
+    def replace_if(
+        self,
+        lease_path: str,
+        expect_token: str | None,
+        new: dict | None,
+        only_if_free: bool = False,
+    ) -> bool:
         with self._guard(lease_path):
             current = self.read(lease_path)
             if only_if_free:
@@ -156,14 +162,24 @@ class _GcsLeases:
         fs, path = self._fs(lease_path)
         bucket, key, _ = fs.split_path(path)
         kwargs = {"ifGenerationMatch": if_generation} if if_generation else {}
+        # gcsfs exposes only ifGenerationMatch=0 (mode="create"); a lease renewal needs the
+        # current generation, so this is gcsfs's own multipart upload with that parameter.
+        meta = json.dumps({"name": key, "contentType": "application/json"})
+        body = (
+            (
+                f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{meta}\n--==0==\n"
+                "Content-Type: application/json\n\n"
+            ).encode()
+            + data
+            + b"\n--==0==--"
+        )
         try:
             fs.call(
                 "POST",
-                f"{fs._location}/upload/storage/v1/b/{bucket}/o",
-                uploadType="media",
-                name=key,
-                headers={"Content-Type": "application/json"},
-                data=data,
+                f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+                uploadType="multipart",
+                headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                data=body,
                 json_out=True,
                 **kwargs,
             )
@@ -172,8 +188,13 @@ class _GcsLeases:
         fs.invalidate_cache(path)
         return True
 
-    def replace_if(self, lease_path: str, expect_token: str | None, new: dict | None,
-                   only_if_free: bool = False) -> bool:
+    def replace_if(
+        self,
+        lease_path: str,
+        expect_token: str | None,
+        new: dict | None,
+        only_if_free: bool = False,
+    ) -> bool:
         current, generation = self._read_with_generation(lease_path)
         if only_if_free:
             if is_live(current):
@@ -281,8 +302,9 @@ def try_acquire(lease_path: str, holder: str) -> bool:
     held = _Held(lease_path, holder, token, seconds, body["expires_at"])
     with _HELD_LOCK:
         _HELD[lease_path] = held
-    threading.Thread(target=_renew_forever, args=(held,), daemon=True,
-                     name=f"lmflows-lease-{token[:6]}").start()
+    threading.Thread(
+        target=_renew_forever, args=(held,), daemon=True, name=f"lmflows-lease-{token[:6]}"
+    ).start()
     return True
 
 

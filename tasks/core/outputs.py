@@ -44,12 +44,15 @@ def _remove_local(path: str) -> None:
 def record_failure(out: str, exc: BaseException, started: float) -> None:
     """Best-effort `failed.json` so that `plan` can say 'failed'. Never masks the error."""
     try:
-        records.write_json(storage.join(out, storage.FAILED_FILE), {
-            "error": type(exc).__name__,
-            "message": str(exc)[:2000],
-            "traceback": traceback.format_exception_only(type(exc), exc)[-1][:2000],
-            "started_at": started,
-            "failed_at": time.time(),
-        })
+        records.write_json(
+            storage.join(out, storage.FAILED_FILE),
+            {
+                "error": type(exc).__name__,
+                "message": str(exc)[:2000],
+                "traceback": traceback.format_exception_only(type(exc), exc)[-1][:2000],
+                "started_at": started,
+                "failed_at": time.time(),
+            },
+        )
     except Exception:
         pass

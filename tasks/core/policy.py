@@ -31,8 +31,13 @@ class LeaseLockManager(LockManager):
         name_with_hash = storage.name_with_hash_of_key(key)
         return name_with_hash is not None and records.read_commit(name_with_hash) is not None
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                     hold_timeout: float | None = None) -> bool:
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
         lease_path = _lease_path_of(key)
         if lease_path is None:
             raise ValueError(f"{key!r} is not an lmflows commit key")
@@ -49,8 +54,13 @@ class LeaseLockManager(LockManager):
             time.sleep(delay)
             delay = min(delay * 1.5, self.max_poll_seconds)
 
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:
+    async def aacquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
         from prefect.utilities.asyncutils import run_sync_in_worker_thread
 
         return await run_sync_in_worker_thread(
@@ -97,7 +107,8 @@ class StepCachePolicy(CachePolicy):
     name_template: str = ""
     hash_attrs: tuple[str, ...] = ()
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any],
-                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         identity = identify(self.name_template, self.hash_attrs, inputs)
         return storage.commit_key(identity.name_with_hash)

@@ -12,8 +12,20 @@ from typing import Any
 from tasks.core import storage
 from tasks.core.identity import Identity
 
-_PACKAGES = ("lmflows", "prefect", "prefect-ray", "fsspec", "gcsfs", "levanter", "haliax",
-             "jax", "jaxlib", "tokenizers", "transformers", "numpy")
+_PACKAGES = (
+    "lmflows",
+    "prefect",
+    "prefect-ray",
+    "fsspec",
+    "gcsfs",
+    "levanter",
+    "haliax",
+    "jax",
+    "jaxlib",
+    "tokenizers",
+    "transformers",
+    "numpy",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,12 +43,17 @@ def package_versions() -> dict[str, str]:
 def git_commit(directory: str) -> dict[str, Any] | None:
     """HEAD of the git checkout holding `directory`, and whether it had local changes."""
     try:
-        head = subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", directory, "status", "--porcelain", "-uno"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", directory, "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -56,8 +73,7 @@ def _run_ids() -> dict[str, str | None]:
         return {"task_run_id": None, "flow_run_id": None}
 
 
-def build(identity: Identity, fn: Any, started: float, ended: float,
-          prefix: str) -> dict[str, Any]:
+def build(identity: Identity, fn: Any, started: float, ended: float, prefix: str) -> dict[str, Any]:
     source_file = getattr(getattr(fn, "__code__", None), "co_filename", None)
     return {
         "name": identity.name,

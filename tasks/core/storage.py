@@ -42,11 +42,12 @@ def normalize_prefix(url: str) -> str:
         try:
             fsspec.get_filesystem_class(protocol)
         except (ValueError, ImportError) as exc:
-            raise PrefixError(f"prefix {url!r}: unknown or unavailable filesystem {protocol!r}: {exc}") from exc
-        stripped = url.rstrip("/")
-        if stripped.endswith("://"):
+            raise PrefixError(
+                f"prefix {url!r}: unknown or unavailable filesystem {protocol!r}: {exc}"
+            ) from exc
+        if not url.split("://", 1)[1].strip("/"):
             raise PrefixError(f"prefix {url!r} names no bucket or folder")
-        return stripped
+        return url.rstrip("/")
     return str(Path(url).expanduser().resolve())
 
 

@@ -10,7 +10,19 @@ import os
 import time
 from pathlib import Path
 
+import fsspec
+
 from tasks.core import step
+
+
+def _write(path: str, text: str) -> None:
+    with fsspec.open(path, "w") as handle:  # local or gs://: steps write through fsspec
+        handle.write(text)
+
+
+def _read(path: str) -> str:
+    with fsspec.open(path, "r") as handle:
+        return handle.read()
 
 
 def _log(label: str) -> None:
@@ -26,8 +38,7 @@ def source(n: int, workers: int = 1, *, output_path: str) -> dict:
     """`workers` is operational: not a hash attribute."""
     _log(f"source-{n}")
     time.sleep(float(os.environ.get("LMFLOWS_TEST_SLEEP", "0")))
-    os.makedirs(output_path, exist_ok=True)
-    Path(output_path, "data.json").write_text(json.dumps(list(range(n))))
+    _write(f"{output_path}/data.json", json.dumps(list(range(n))))
     return {"n": n}
 
 
@@ -35,9 +46,8 @@ def source(n: int, workers: int = 1, *, output_path: str) -> dict:
 def derive(src: str, k: int = 1, *, output_path: str) -> dict:
     _log(f"derive-{k}")
     time.sleep(float(os.environ.get("LMFLOWS_TEST_SLEEP", "0")))
-    data = json.loads(Path(src, "data.json").read_text()) if os.path.isdir(src) else \
-        json.loads(Path(src).read_text())
-    Path(output_path, "data.json").write_text(json.dumps([v * k for v in data]))
+    data = json.loads(_read(src if src.endswith(".json") else f"{src}/data.json"))
+    _write(f"{output_path}/data.json", json.dumps([v * k for v in data]))
     return {"sum": sum(v * k for v in data), "src": src}
 
 
@@ -52,10 +62,10 @@ def gather(parts: list, named: dict, *, output_path: str) -> dict:
 def flaky(label: str, *, output_path: str) -> dict:
     """Writes a partial file, then fails while LMFLOWS_TEST_FAIL=1."""
     _log(f"flaky-{label}")
-    Path(output_path, "partial.txt").write_text(f"attempt by {os.getpid()}")
+    _write(f"{output_path}/partial.txt", f"attempt by {os.getpid()}")
     if os.environ.get("LMFLOWS_TEST_FAIL") == "1":
         raise RuntimeError("planned failure")
-    Path(output_path, "done.txt").write_text(f"finished by {os.getpid()}")
+    _write(f"{output_path}/done.txt", f"finished by {os.getpid()}")
     return {"pid": os.getpid()}
 
 

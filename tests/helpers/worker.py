@@ -31,8 +31,11 @@ def main(argv: list[str]) -> int:
     if mode == "blocker":
         state = blocker_flow(argv[1], return_state=True)
         inner = state.result(raise_on_failure=False) if state.is_completed() else None
-        print(json.dumps({"flow": state.name, "task": getattr(inner, "name", None),
-                          "message": state.message}))
+        print(
+            json.dumps(
+                {"flow": state.name, "task": getattr(inner, "name", None), "message": state.message}
+            )
+        )
         return 0 if state.is_completed() and inner is not None and inner.is_completed() else 3
     raise SystemExit(f"unknown mode {mode}")
 

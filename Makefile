@@ -1,0 +1,23 @@
+# The two commands the README promises: `make demo` (the main job) and `make test`.
+# Both create .venv and install the pinned dependencies on first use.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export RAY_AUTH_MODE ?= disabled
+export WANDB_MODE ?= disabled
+
+.PHONY: demo test lint bench setup
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/python -m flows run demo
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check .
+
+bench: setup
+	.venv/bin/python -m benches.run_all

@@ -1,0 +1,111 @@
+"""`python -m flows`: run, plan (writes nothing), status, --force, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_python
+
+
+def flows_cli(*args: str, env: dict | None = None, timeout: float = 240):
+    return run_python(["-m", "flows", *args], env=env, timeout=timeout)
+
+
+def snapshot(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
+
+
+def test_plan_on_an_empty_prefix_writes_nothing(tmp_path):
+    prefix = tmp_path / "never-created"
+    result = flows_cli("plan", "toy", "--prefix", str(prefix))
+    assert result.returncode == 0, result.stderr
+    assert not prefix.exists()
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["STEP", "STATUS", "PATH"]
+    assert len([ln for ln in lines[1:] if " missing " in ln]) == 5
+    assert "5 steps (5 missing)" in result.stdout
+
+
+def test_run_then_plan_status_and_force(tmp_path):
+    prefix = tmp_path / "out"
+    run = flows_cli("run", "toy", "--prefix", str(prefix))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "flow run http://127.0.0.1:" in run.stdout
+
+    before = snapshot(prefix)
+    plan = flows_cli("run", "toy", "--dry-run", "--prefix", str(prefix))
+    assert plan.returncode == 0, plan.stderr
+    assert "5 steps (5 committed)" in plan.stdout
+    assert snapshot(prefix) == before, "plan must not write anything"
+
+    status = flows_cli("status", "--prefix", str(prefix))
+    assert status.returncode == 0, status.stderr
+    assert "5 committed steps" in status.stdout
+    assert len([ln for ln in status.stdout.splitlines() if ln.startswith("toy/")]) == 5
+    assert "KiB" in status.stdout
+
+    forced_plan = flows_cli("plan", "toy", "--force", "toy/scale", "--prefix", str(prefix))
+    assert forced_plan.stdout.count(" forced ") == 2
+    numbers = next(prefix.glob("toy/numbers-*"))
+    scaled = sorted(prefix.glob("toy/scale-*"))
+    numbers_mtime = (numbers / ".lmflows/commit.json").stat().st_mtime_ns
+    scale_mtimes = [(p / ".lmflows/commit.json").stat().st_mtime_ns for p in scaled]
+    forced = flows_cli("run", "toy", "--force", "toy/scale", "--prefix", str(prefix))
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert (numbers / ".lmflows/commit.json").stat().st_mtime_ns == numbers_mtime
+    assert all(
+        (p / ".lmflows/commit.json").stat().st_mtime_ns != m for p, m in zip(scaled, scale_mtimes)
+    )
+
+
+def test_run_a_flow_file_by_path(tmp_path):
+    prefix = tmp_path / "out"
+    result = flows_cli("run", "tests/data/file_experiment.py", "--prefix", str(prefix))
+    assert result.returncode == 0, result.stderr[-3000:]
+    derived = next(prefix.glob("t/derive-*"))
+    assert json.loads((derived / "data.json").read_text()) == [v * 7 for v in range(6)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "no_such_experiment"], "unknown experiment 'no_such_experiment' (available:"),
+        (["plan", "missing/file.py"], "experiment file missing/file.py does not exist"),
+        (["run", "tests/data/two_flows.py"], "exactly one Prefect flow at module level; found 2"),
+        (["plan", "tests/data/no_flow.py"], "found 0"),
+        (["plan", "toy", "--prefix", "nosuchfs://bucket/x"], "unknown or unavailable filesystem"),
+        (["status", "--prefix", "gs://"], "names no bucket"),
+        (["run", "toy", "--prefix", "/proc/forbidden/x"], "is not writable"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, message, tmp_path):
+    result = flows_cli(*args)
+    assert result.returncode != 0
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lmflows: error:"), result.stderr[-2000:]
+    assert message in err[0]
+
+
+def test_lease_seconds_must_be_a_positive_number(tmp_path):
+    result = flows_cli(
+        "run", "toy", "--prefix", str(tmp_path / "o"), env={"LMFLOWS_LEASE_SECONDS": "soon"}
+    )
+    assert result.returncode != 0
+    assert "LMFLOWS_LEASE_SECONDS='soon' is not a number" in result.stderr
+    assert not list((tmp_path / "o").rglob("commit.json"))
+
+
+def test_plan_does_not_contact_prefect(tmp_path):
+    result = flows_cli(
+        "plan",
+        "toy",
+        "--prefix",
+        str(tmp_path / "x"),
+        env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path) == []
