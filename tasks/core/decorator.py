@@ -274,6 +274,7 @@ def _ref_of(identity: Identity) -> StepRef:
 def _uncommit(name_with_hash: str) -> None:
     """Remove a commit record so the next run of the step executes (under its lease)."""
     path = storage.meta_path(name_with_hash, storage.COMMIT_FILE)
+    records.forget(path)
     fs, fs_path = storage.filesystem(path)
     try:
         fs.rm_file(fs_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from typing import Any, ClassVar, Literal
 
@@ -75,13 +76,38 @@ def parse_commit(content: bytes, where: str) -> StepRef:
         raise UnsafeRecordError(f"commit record {where}: {exc}") from exc
 
 
+# Records validated in the last few seconds, by path. A cached step's record is read three
+# times in a row (our double-check, Prefect's exists, Prefect's read); remembering the
+# validated bytes briefly saves two reads. Records are immutable once committed; `forget`
+# drops an entry when lmflows itself removes a record (--force).
+_VALIDATED: dict[str, tuple[bytes, float]] = {}
+_VALIDATED_SECONDS = 5.0
+
+
+def _remember(path: str, content: bytes) -> None:
+    if len(_VALIDATED) > 4096:
+        _VALIDATED.clear()
+    _VALIDATED[path] = (content, time.monotonic())
+
+
+def _recalled(path: str) -> bytes | None:
+    hit = _VALIDATED.get(path)
+    if hit is None or time.monotonic() - hit[1] > _VALIDATED_SECONDS:
+        return None
+    return hit[0]
+
+
+def forget(path: str) -> None:
+    _VALIDATED.pop(path, None)
+
+
 def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | None:
     """The committed StepRef of an output, None if there is none; warns on a bad record."""
     path = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
-    fs, fs_path = storage.filesystem(path)
     try:
-        content = fs.cat_file(fs_path)
+        content = storage.read_bytes(path)
     except FileNotFoundError:
+        forget(path)
         return None
     try:
         ref = parse_commit(content, path)
@@ -91,6 +117,7 @@ def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | Non
     if ref.name_with_hash != name_with_hash:
         warn_bad_record(UnsafeRecordError(f"commit record {path} names {ref.name_with_hash}"))
         return None
+    _remember(path, content)
     return ref
 
 
@@ -165,8 +192,10 @@ class StepStorage(WritableFileSystem):
 
     def _read(self, key: str) -> bytes:
         path, _ = self._locate(key)
-        fs, fs_path = storage.filesystem(path)
-        content = fs.cat_file(fs_path)  # FileNotFoundError: Prefect treats it as a miss
+        remembered = _recalled(path)
+        if remembered is not None:
+            return remembered
+        content = storage.read_bytes(path)  # FileNotFoundError: Prefect treats it as a miss
         try:
             parse_commit(content, path)
         except UnsafeRecordError as exc:
@@ -183,6 +212,7 @@ class StepStorage(WritableFileSystem):
 
         content = _relative_storage_key(content, relative)
         lease.assert_held(storage.meta_path(name_with_hash, storage.LEASE_FILE, self._root()))
+        forget(path)
         write_atomic(path, content)
         return path
 

@@ -1,0 +1,70 @@
+"""Shared benchmark plumbing: an isolated Prefect home and a real local server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolate_prefect() -> str:
+    """Point Prefect at a throwaway home (call before importing prefect)."""
+    home = tempfile.mkdtemp(prefix="lmflows-bench-prefect-")
+    os.environ.update({"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    return home
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str]:
+    """A real `prefect server start` on a free port; yields its API URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-services",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("Prefect server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def ratio_line(label: str, value: float, baseline: float, goal: str) -> str:
+    return (
+        f"{label}: {value:.3f} vs baseline {baseline:.3f} -> ratio {value / baseline:.2f}x ({goal})"
+    )

@@ -1,0 +1,20 @@
+"""Run every benchmark in turn (`make bench`); each prints ratios against its own baseline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHES = ["benches.plan_scale", "benches.cli_wall", "benches.cached_chain"]
+
+
+def main() -> int:
+    failed = 0
+    for name in BENCHES + sys.argv[1:]:
+        print(f"== {name}", flush=True)
+        failed += subprocess.run([sys.executable, "-m", name]).returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
