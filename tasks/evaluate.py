@@ -19,9 +19,16 @@ def _final_checkpoint(model: str) -> str:
 
 
 @step(hash_attrs=["model", "data", "tokenizer", "max_eval_batches"], name="eval/{name}")
-def evaluate(model: str, data: dict, tokenizer: str, name: str,
-             max_eval_batches: int | None = None,
-             batch_size: int = 32, *, output_path: str) -> dict:
+def evaluate(
+    model: str,
+    data: dict,
+    tokenizer: str,
+    name: str,
+    max_eval_batches: int | None = None,
+    batch_size: int = 32,
+    *,
+    output_path: str,
+) -> dict:
     """Evaluate the final checkpoint of a `train_lm` output on tokenized validation splits.
 
     `data` maps dataset names to tokenize outputs; `tokenizer` is the one the model was
@@ -42,18 +49,24 @@ def evaluate(model: str, data: dict, tokenizer: str, name: str,
     metrics_path = os.path.join(output_path, "metrics.jsonl")
     config = levanter_eval.EvalLmConfig(
         checkpoint_path=_final_checkpoint(model),
-        model=llama_config(**trained["model"], tokenizer=tokenizer,
-                           reference=os.path.join(model, "hf_reference")),
+        model=llama_config(
+            **trained["model"], tokenizer=tokenizer, reference=os.path.join(model, "hf_reference")
+        ),
         data=LMMixtureDatasetConfig(
-            tokenizer=tokenizer, cache_dir=None,
+            tokenizer=tokenizer,
+            cache_dir=None,
             configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
             train_weights={key: 1.0 for key in data},
         ),
         trainer=TrainerConfig(
-            require_accelerator=False, per_device_eval_parallelism=-1,
-            train_batch_size=batch_size, max_eval_batches=max_eval_batches,
-            mp=jmp.get_policy("f32"), ray=RayConfig(auto_start_cluster=False),
-            tracker=JsonlTrackerConfig(path=metrics_path), id="eval",
+            require_accelerator=False,
+            per_device_eval_parallelism=-1,
+            train_batch_size=batch_size,
+            max_eval_batches=max_eval_batches,
+            mp=jmp.get_policy("f32"),
+            ray=RayConfig(auto_start_cluster=False),
+            tracker=JsonlTrackerConfig(path=metrics_path),
+            id="eval",
             log_dir=__import__("pathlib").Path(output_path) / "logs",
         ),
     )
@@ -75,7 +88,11 @@ def _summary(logged: dict, prefix: str) -> dict:
     loss = logged.get(f"{prefix}/loss")
     if loss is None:
         return {}
-    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": logged.get(f"{prefix}/bpb")}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": logged.get(f"{prefix}/bpb"),
+    }
 
 
 def _publish(name: str, results: dict) -> None:

@@ -28,9 +28,17 @@ def _split_of(doc_key: str, validation_fraction: float, seed: int) -> str:
 
 
 @step(hash_attrs=["validation_fraction", "seed", "text_field"], name="tokenized/{name}")
-def tokenize(dataset: str, tokenizer: str, name: str, validation_fraction: float = 0.05,
-             seed: int = 0, text_field: str = "text", batch_size: int = 256,
-             *, output_path: str) -> dict:
+def tokenize(
+    dataset: str,
+    tokenizer: str,
+    name: str,
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+    text_field: str = "text",
+    batch_size: int = 256,
+    *,
+    output_path: str,
+) -> dict:
     """Tokenize `dataset` (shards under a path) with `tokenizer` (a step output or hub id).
 
     Documents go to validation by a hash of their id (or text), so the split is stable when
@@ -42,13 +50,17 @@ def tokenize(dataset: str, tokenizer: str, name: str, validation_fraction: float
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
     hf_tokenizer = load_tokenizer(tokenizer)
-    processor = BatchTokenizer(hf_tokenizer, text_field=text_field, enforce_bos=True,
-                               enforce_eos=True)
+    processor = BatchTokenizer(
+        hf_tokenizer, text_field=text_field, enforce_bos=True, enforce_eos=True
+    )
     metadata = CacheMetadata(preprocessor_metadata=processor.metadata)
     stats = {split: {"documents": 0, "tokens": 0, "bytes": 0} for split in SPLITS}
-    writers = {split: SerialCacheWriter(os.path.join(output_path, split),
-                                        processor.output_exemplar, metadata=metadata)
-               for split in SPLITS}
+    writers = {
+        split: SerialCacheWriter(
+            os.path.join(output_path, split), processor.output_exemplar, metadata=metadata
+        )
+        for split in SPLITS
+    }
     batches: dict[str, list[dict]] = {split: [] for split in SPLITS}
 
     def flush(split: str) -> None:
@@ -74,5 +86,4 @@ def tokenize(dataset: str, tokenizer: str, name: str, validation_fraction: float
         writers[split].__exit__(None, None, None)
     if stats["train"]["documents"] == 0:
         raise ValueError(f"dataset {dataset} produced no training documents")
-    return {"splits": stats, "vocab_size": len(hf_tokenizer),
-            "text_field": text_field}
+    return {"splits": stats, "vocab_size": len(hf_tokenizer), "text_field": text_field}

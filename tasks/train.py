@@ -17,22 +17,53 @@ from tasks.core import step
 
 logger = logging.getLogger("lmflows.train")
 
-MODEL_ATTRS = ["hidden_dim", "num_layers", "num_heads", "num_kv_heads", "intermediate_dim",
-               "seq_len"]
-OPTIM_ATTRS = ["learning_rate", "weight_decay", "warmup", "min_lr_ratio", "lr_schedule",
-               "beta1", "beta2", "max_grad_norm"]
+MODEL_ATTRS = [
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_dim",
+    "seq_len",
+]
+OPTIM_ATTRS = [
+    "learning_rate",
+    "weight_decay",
+    "warmup",
+    "min_lr_ratio",
+    "lr_schedule",
+    "beta1",
+    "beta2",
+    "max_grad_norm",
+]
 
 
-def llama_config(hidden_dim: int, num_layers: int, num_heads: int, num_kv_heads: int,
-                 intermediate_dim: int, seq_len: int, tokenizer: str, reference: str):
+def llama_config(
+    hidden_dim: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_dim: int,
+    seq_len: int,
+    tokenizer: str,
+    reference: str,
+):
     from levanter.models.llama import LlamaConfig
 
     if hidden_dim % num_heads or num_heads % num_kv_heads:
-        raise ValueError(f"hidden_dim={hidden_dim} must divide by num_heads={num_heads}, and "
-                         f"num_heads by num_kv_heads={num_kv_heads}")
-    return LlamaConfig(seq_len=seq_len, hidden_dim=hidden_dim, intermediate_dim=intermediate_dim,
-                       num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                       tokenizer=tokenizer, reference_checkpoint=reference)
+        raise ValueError(
+            f"hidden_dim={hidden_dim} must divide by num_heads={num_heads}, and "
+            f"num_heads by num_kv_heads={num_kv_heads}"
+        )
+    return LlamaConfig(
+        seq_len=seq_len,
+        hidden_dim=hidden_dim,
+        intermediate_dim=intermediate_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        tokenizer=tokenizer,
+        reference_checkpoint=reference,
+    )
 
 
 def write_reference_config(model_config, vocab_size: int, path: str) -> None:
@@ -90,18 +121,49 @@ def _progress_reporter(total_steps: int):
     return report
 
 
-@step(hash_attrs=["data", "weights", "tokenizer", *MODEL_ATTRS, *OPTIM_ATTRS, "batch_size",
-                  "num_train_steps", "seed", "mixed_precision"],
-      name="checkpoints/{name}")
-def train_lm(data: dict, tokenizer: str, name: str, weights: dict | None = None,
-             hidden_dim: int = 64, num_layers: int = 2, num_heads: int = 4,
-             num_kv_heads: int = 4, intermediate_dim: int = 256, seq_len: int = 128,
-             learning_rate: float = 3e-3, weight_decay: float = 0.1, warmup: float = 0.1,
-             min_lr_ratio: float = 0.1, lr_schedule: str = "cosine", beta1: float = 0.9,
-             beta2: float = 0.95, max_grad_norm: float = 1.0, batch_size: int = 32,
-             num_train_steps: int = 50, seed: int = 0, mixed_precision: str = "f32",
-             steps_per_eval: int = 25, max_eval_batches: int | None = 8,
-             checkpoint_every: int | None = None, *, output_path: str) -> dict:
+@step(
+    hash_attrs=[
+        "data",
+        "weights",
+        "tokenizer",
+        *MODEL_ATTRS,
+        *OPTIM_ATTRS,
+        "batch_size",
+        "num_train_steps",
+        "seed",
+        "mixed_precision",
+    ],
+    name="checkpoints/{name}",
+)
+def train_lm(
+    data: dict,
+    tokenizer: str,
+    name: str,
+    weights: dict | None = None,
+    hidden_dim: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 4,
+    intermediate_dim: int = 256,
+    seq_len: int = 128,
+    learning_rate: float = 3e-3,
+    weight_decay: float = 0.1,
+    warmup: float = 0.1,
+    min_lr_ratio: float = 0.1,
+    lr_schedule: str = "cosine",
+    beta1: float = 0.9,
+    beta2: float = 0.95,
+    max_grad_norm: float = 1.0,
+    batch_size: int = 32,
+    num_train_steps: int = 50,
+    seed: int = 0,
+    mixed_precision: str = "f32",
+    steps_per_eval: int = 25,
+    max_eval_batches: int | None = 8,
+    checkpoint_every: int | None = None,
+    *,
+    output_path: str,
+) -> dict:
     """Train a Llama with levanter on tokenized caches.
 
     `data` maps a dataset name to a tokenize step output; `weights` its mixture weight
@@ -128,8 +190,16 @@ def train_lm(data: dict, tokenizer: str, name: str, weights: dict | None = None,
     os.makedirs(output_path, exist_ok=True)
     hf_tokenizer = load_tokenizer(tokenizer)
     reference = os.path.join(output_path, "hf_reference")
-    model = llama_config(hidden_dim, num_layers, num_heads, num_kv_heads, intermediate_dim,
-                         seq_len, tokenizer, reference)
+    model = llama_config(
+        hidden_dim,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        intermediate_dim,
+        seq_len,
+        tokenizer,
+        reference,
+    )
     write_reference_config(model, len(hf_tokenizer), reference)
 
     metrics_path = os.path.join(output_path, "metrics.jsonl")
@@ -145,7 +215,9 @@ def train_lm(data: dict, tokenizer: str, name: str, weights: dict | None = None,
     keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
     keep.append({"every": max(1, num_train_steps - 1)})
     checkpointer = _waitable_checkpointer_config()(
-        base_path=checkpoint_dir, append_run_id_to_base_path=False, keep=keep,
+        base_path=checkpoint_dir,
+        append_run_id_to_base_path=False,
+        keep=keep,
     )
     trainer = TrainerConfig(
         num_train_steps=num_train_steps,
@@ -155,26 +227,51 @@ def train_lm(data: dict, tokenizer: str, name: str, weights: dict | None = None,
         require_accelerator=False,
         steps_per_eval=steps_per_eval,
         max_eval_batches=max_eval_batches,
-        tracker=_tracker.JsonlTrackerConfig(path=metrics_path,
-                                            on_step=_progress_reporter(num_train_steps)),
+        tracker=_tracker.JsonlTrackerConfig(
+            path=metrics_path, on_step=_progress_reporter(num_train_steps)
+        ),
         ray=RayConfig(auto_start_cluster=False),
         log_dir=__import__("pathlib").Path(output_path) / "logs",
         id="run",
         checkpointer=checkpointer,
     )
-    optimizer = AdamConfig(learning_rate=learning_rate, weight_decay=weight_decay,
-                           warmup=warmup, min_lr_ratio=min_lr_ratio, lr_schedule=lr_schedule,
-                           beta1=beta1, beta2=beta2, max_grad_norm=max_grad_norm)
+    optimizer = AdamConfig(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        min_lr_ratio=min_lr_ratio,
+        lr_schedule=lr_schedule,
+        beta1=beta1,
+        beta2=beta2,
+        max_grad_norm=max_grad_norm,
+    )
     config = levanter_train.TrainLmConfig(
-        data=mixture, trainer=trainer, model=model, optimizer=optimizer,
-        hf_save_path=os.path.join(output_path, "hf"), hf_save_steps=num_train_steps,
+        data=mixture,
+        trainer=trainer,
+        model=model,
+        optimizer=optimizer,
+        hf_save_path=os.path.join(output_path, "hf"),
+        hf_save_steps=num_train_steps,
     )
     levanter_train.main(config)
     checkpointer.wait_until_finished()  # levanter saves the last checkpoint asynchronously
     final = publish_training_report(metrics_path, output_path, name)
     with open(os.path.join(output_path, "train_config.json"), "w") as handle:
-        json.dump({"model": {k: getattr(model, k) for k in MODEL_ATTRS},
-                   "vocab_size": len(hf_tokenizer), "tokenizer": tokenizer,
-                   "data": data, "weights": weights}, handle, indent=2)
-    return {"final": final, "hf_export": "hf", "checkpoints": "checkpoints",
-            "vocab_size": len(hf_tokenizer), "num_train_steps": num_train_steps}
+        json.dump(
+            {
+                "model": {k: getattr(model, k) for k in MODEL_ATTRS},
+                "vocab_size": len(hf_tokenizer),
+                "tokenizer": tokenizer,
+                "data": data,
+                "weights": weights,
+            },
+            handle,
+            indent=2,
+        )
+    return {
+        "final": final,
+        "hf_export": "hf",
+        "checkpoints": "checkpoints",
+        "vocab_size": len(hf_tokenizer),
+        "num_train_steps": num_train_steps,
+    }

@@ -102,6 +102,7 @@ def _make_runner(
         lease.assert_held(lease_path)  # never clear a directory another holder owns
         clear_output(out)
         started = time.time()
+        notes, token = provenance.collecting_notes()
         try:
             value = fn(**refs_to_paths(params), **{OUTPUT_PATH: out})
             metadata = (
@@ -110,9 +111,11 @@ def _make_runner(
         except BaseException as exc:
             record_failure(out, exc, started)
             raise
+        finally:
+            provenance.stop_collecting(token)
         records.write_json(
             storage.join(out, storage.PROVENANCE_FILE),
-            provenance.build(identity, fn, started, time.time(), prefix),
+            provenance.build(identity, fn, started, time.time(), prefix, notes),
         )
         lease.assert_held(lease_path)  # fencing: a holder that lost its lease fails here
         return StepRef(identity.name, identity.hash, metadata=metadata)

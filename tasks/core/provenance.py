@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib.metadata
 import os
@@ -11,6 +12,30 @@ from typing import Any
 
 from tasks.core import storage
 from tasks.core.identity import Identity
+
+_NOTES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "lmflows_provenance_notes", default=None
+)
+
+
+def note(**values: Any) -> None:
+    """Add facts to the running step's provenance record (e.g. a resolved hub commit).
+
+    Values must be JSON; secrets must never be passed here. Outside a step this does nothing.
+    """
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.update(values)
+
+
+def collecting_notes() -> tuple[dict[str, Any], contextvars.Token]:
+    notes: dict[str, Any] = {}
+    return notes, _NOTES.set(notes)
+
+
+def stop_collecting(token: contextvars.Token) -> None:
+    _NOTES.reset(token)
+
 
 _PACKAGES = (
     "lmflows",
@@ -73,7 +98,14 @@ def _run_ids() -> dict[str, str | None]:
         return {"task_run_id": None, "flow_run_id": None}
 
 
-def build(identity: Identity, fn: Any, started: float, ended: float, prefix: str) -> dict[str, Any]:
+def build(
+    identity: Identity,
+    fn: Any,
+    started: float,
+    ended: float,
+    prefix: str,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     source_file = getattr(getattr(fn, "__code__", None), "co_filename", None)
     return {
         "name": identity.name,
@@ -88,4 +120,5 @@ def build(identity: Identity, fn: Any, started: float, ended: float, prefix: str
         "host": socket.gethostname(),
         "pid": os.getpid(),
         **_run_ids(),
+        "notes": notes or {},
     }

@@ -62,9 +62,13 @@ def publish_training_report(metrics_path: str, output_path: str, name: str) -> d
             encoded = base64.b64encode(open(png, "rb").read()).decode()
             create_markdown_artifact(
                 markdown=f"### Loss curve: {name}\n\n![loss curve](data:image/png;base64,{encoded})"
-                         f"\n\nPNG: `{png}`", description="training loss curve")
-            create_table_artifact(table=[{"metric": k, "value": v} for k, v in final.items()],
-                                  description=f"final metrics of {name}")
+                f"\n\nPNG: `{png}`",
+                description="training loss curve",
+            )
+            create_table_artifact(
+                table=[{"metric": k, "value": v} for k, v in final.items()],
+                description=f"final metrics of {name}",
+            )
     except Exception as exc:  # artifacts are a convenience; the files are the record
         logger.warning("could not publish training artifacts: %s", exc)
     return final

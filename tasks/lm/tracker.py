@@ -36,8 +36,11 @@ class JsonlTracker(Tracker):
         pass  # the step's provenance already records every hash attribute
 
     def log(self, metrics: Mapping[str, Any], *, step: int | None, commit: bool | None = None):
-        scalars = {k: _plain(v) for k, v in metrics.items() if not hasattr(v, "shape") or
-                   getattr(v, "size", 1) == 1}
+        scalars = {
+            k: _plain(v)
+            for k, v in metrics.items()
+            if not hasattr(v, "shape") or getattr(v, "size", 1) == 1
+        }
         self._file.write(json.dumps({"step": step, **scalars}) + "\n")
         self._file.flush()
         if self.on_step is not None and step is not None:

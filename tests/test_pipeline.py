@@ -1,0 +1,178 @@
+"""The reference pipeline on CPU: downloads over a real HTTP server, dedup quality on planted
+duplicates, tokenizer, and the whole pipeline end to end (tiny sizes), then all Cached."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import json
+import math
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from tests.conftest import REPO
+
+KJV = REPO / "data" / "kjv"
+
+
+@pytest.fixture(scope="module")
+def http_base():
+    """A real HTTP server on 127.0.0.1 serving data/kjv."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(KJV))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_url_over_http_records_sizes_and_checksums(prefix, http_base):
+    from tasks.download import download_url
+
+    @flow
+    def fetch(urls):
+        return download_url(urls, name="kjv-http", return_state=True)
+
+    urls = [f"{http_base}/kjv-01.jsonl.gz", f"{http_base}/kjv-02.jsonl.gz"]
+    state = fetch(urls)
+    assert state.name == "Completed"
+    ref = state.result()
+    files = ref.metadata["files"]
+    for entry in files:
+        local = (KJV / entry["name"]).read_bytes()
+        assert entry["bytes"] == len(local)
+        assert entry["sha256"] == hashlib.sha256(local).hexdigest()
+        assert Path(ref.path, entry["name"]).read_bytes() == local
+    assert fetch(urls).name == "Cached"
+
+
+def test_download_url_failure_commits_nothing(prefix, http_base):
+    from tasks.download import download_url
+
+    @flow
+    def fetch():
+        return download_url([f"{http_base}/missing.jsonl.gz"], name="broken", return_state=True)
+
+    state = fetch()
+    assert state.is_failed()
+    out = Path(download_url.ref_for([f"{http_base}/missing.jsonl.gz"], name="broken").path)
+    assert not (out / ".lmflows/commit.json").exists()
+
+
+def _kjv_docs(shard: str = "kjv-00.jsonl.gz") -> list[dict]:
+    with gzip.open(KJV / shard, "rt") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _near_copy(text: str, rng: random.Random, rate: float) -> str:
+    words = text.split()
+    for i in range(len(words)):
+        if rng.random() < rate:
+            words[i] = rng.choice(["lo", "verily", "thus", "behold", "amen"])
+    return " ".join(words)
+
+
+def test_dedup_finds_planted_exact_and_near_duplicates(tmp_path):
+    from tasks.dedup import dedup
+
+    rng = random.Random(7)
+    base = [d for d in _kjv_docs() if len(d["text"].split()) > 120][:200]
+    planted_exact = rng.sample(base, 30)
+    planted_near = rng.sample(base, 30)
+    corpus = [dict(d) for d in base]
+    dup_ids = set()
+    for i, d in enumerate(planted_exact):
+        dup_ids.add(f"exact-{i}")
+        corpus.append({"id": f"exact-{i}", "text": "  " + d["text"].upper().replace(" ", "\n ")})
+    for i, d in enumerate(planted_near):
+        dup_ids.add(f"near-{i}")
+        corpus.append({"id": f"near-{i}", "text": _near_copy(d["text"], rng, 0.02)})
+    rng.shuffle(corpus[200:])
+    src = tmp_path / "src"
+    src.mkdir()
+    for part in range(2):
+        with gzip.open(src / f"part-{part}.jsonl.gz", "wt") as handle:
+            for doc in corpus[part::2]:
+                handle.write(json.dumps(doc) + "\n")
+    out = tmp_path / "out"
+    stats = dedup.fn.__wrapped__(dataset=str(src), name="planted", processes=2,
+                                 output_path=str(out))
+    kept = set()
+    for shard in sorted((out / "data").glob("*.jsonl.gz")):
+        with gzip.open(shard, "rt") as handle:
+            kept.update(json.loads(line)["id"] for line in handle)
+    dropped = {d["id"] for d in corpus} - kept
+    recall = len(dropped & dup_ids) / len(dup_ids)
+    precision = len(dropped & dup_ids) / max(1, len(dropped))
+    print(f"dedup on planted duplicates: recall {recall:.3f}, precision {precision:.3f}, "
+          f"stats {stats}")
+    assert recall >= 0.95 and precision >= 0.95
+    assert stats["exact_duplicates"] == 30
+    report = json.loads((out / "stats.json").read_text())
+    assert report["documents_in"] == 260 and report["examples"]
+    assert {s.name for s in (out / "data").iterdir()} == {"part-0.jsonl.gz", "part-1.jsonl.gz"}
+
+
+def test_trained_tokenizer_loads_with_autotokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tasks.train_tokenizer import train_tokenizer
+
+    out = tmp_path / "tok"
+    meta = train_tokenizer.fn.__wrapped__(corpus=str(KJV / "kjv-03.jsonl.gz"), vocab_size=600,
+                                          output_path=str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert len(tok) == meta["vocab_size"] <= 600
+    assert tok.bos_token and tok.eos_token and tok.pad_token
+    assert tok.model_input_names == ["input_ids", "attention_mask"]
+    assert tok.model_max_length == 4096
+    text = "In the beginning God created the heaven and the earth."
+    assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def _task_run_states(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(run.state.name for run in runs)
+
+
+def test_pipeline_end_to_end_then_all_cached(prefix, http_base):
+    from flows.pretrain import pretrain
+
+    params = dict(name="kjv-e2e", urls=[f"{http_base}/kjv-00.jsonl.gz"], vocab_size=512,
+                  hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64, seq_len=32,
+                  batch_size=8, num_train_steps=12, learning_rate=1e-2)
+    state = pretrain(**params, return_state=True)
+    assert state.is_completed(), state.message
+    refs = state.result()
+    assert _task_run_states(state.state_details.flow_run_id) == ["Completed"] * 6
+
+    model = Path(refs["model"].path)
+    rows = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+    first_eval = next(r["eval/loss"] for r in rows if r.get("eval/loss") is not None)
+    results = refs["eval"].metadata["kjv-e2e"]
+    vocab = refs["tokenizer"].metadata["vocab_size"]
+    print(f"validation loss: untrained (step 0) {first_eval:.3f}, uniform {math.log(vocab):.3f},"
+          f" trained {results['loss']:.3f}; bits/byte {results['bits_per_byte']:.3f}")
+    assert results["loss"] < first_eval and results["loss"] < math.log(vocab)
+    assert results["perplexity"] == pytest.approx(math.exp(results["loss"]))
+    assert (model / "loss.png").stat().st_size > 1000
+    assert list((model / "checkpoints").glob("step-*"))
+    assert list((model / "hf").glob("step-*/config.json"))
+    tokenized = refs["tokenized"].metadata["splits"]
+    assert tokenized["train"]["tokens"] > 0 and tokenized["validation"]["documents"] > 0
+    assert json.loads(Path(refs["eval"].path, "results.json").read_text())["kjv-e2e"]
+
+    again = pretrain(**params, return_state=True)
+    assert _task_run_states(again.state_details.flow_run_id) == ["Cached"] * 6
+    assert again.result()["model"] == refs["model"]
