@@ -68,7 +68,6 @@ def prefect_server():
             "127.0.0.1",
             "--port",
             str(_PORT),
-            "--no-services",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
