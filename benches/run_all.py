@@ -5,7 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["benches.plan_scale", "benches.cli_wall", "benches.cached_chain"]
+BENCHES = [
+    "benches.plan_scale",
+    "benches.cli_wall",
+    "benches.cached_chain",
+    "benches.tokenize_throughput",
+    "benches.dedup_throughput",
+    "benches.train_step_time",
+]
 
 
 def main() -> int:

@@ -8,9 +8,11 @@ local, and the HF export's reference config is written next to the model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from tasks.core import step
@@ -170,6 +172,101 @@ def train_lm(
     (default: equal). `steps_per_eval`, `max_eval_batches` and `checkpoint_every` are
     operational.
     """
+    import levanter.main.train_lm as levanter_train
+
+    from tasks.lm.report import publish_training_report
+
+    plan = build_train_config(
+        data,
+        tokenizer,
+        output_path,
+        weights=weights,
+        hidden_dim=hidden_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_dim=intermediate_dim,
+        seq_len=seq_len,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        min_lr_ratio=min_lr_ratio,
+        lr_schedule=lr_schedule,
+        beta1=beta1,
+        beta2=beta2,
+        max_grad_norm=max_grad_norm,
+        batch_size=batch_size,
+        num_train_steps=num_train_steps,
+        seed=seed,
+        mixed_precision=mixed_precision,
+        steps_per_eval=steps_per_eval,
+        max_eval_batches=max_eval_batches,
+        checkpoint_every=checkpoint_every,
+        on_step=_progress_reporter(num_train_steps),
+    )
+    levanter_train.main(plan.config)
+    plan.checkpointer.wait_until_finished()  # levanter saves the last checkpoint asynchronously
+    final = publish_training_report(plan.metrics_path, output_path, name)
+    with open(os.path.join(output_path, "train_config.json"), "w") as handle:
+        json.dump(
+            {
+                "model": {k: getattr(plan.config.model, k) for k in MODEL_ATTRS},
+                "vocab_size": plan.vocab_size,
+                "data": sorted(data),
+                "weights": plan.weights,
+            },
+            handle,
+            indent=2,
+        )
+    return {
+        "final": final,
+        "hf_export": "hf",
+        "checkpoints": "checkpoints",
+        "vocab_size": plan.vocab_size,
+        "num_train_steps": num_train_steps,
+    }
+
+
+@dataclasses.dataclass
+class TrainPlan:
+    config: Any
+    checkpointer: Any
+    metrics_path: str
+    vocab_size: int
+    weights: dict
+
+
+def build_train_config(
+    data: dict,
+    tokenizer: str,
+    output_path: str,
+    *,
+    weights: dict | None,
+    hidden_dim: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_dim: int,
+    seq_len: int,
+    learning_rate: float,
+    weight_decay: float,
+    warmup: float,
+    min_lr_ratio: float,
+    lr_schedule: str,
+    beta1: float,
+    beta2: float,
+    max_grad_norm: float,
+    batch_size: int,
+    num_train_steps: int,
+    seed: int,
+    mixed_precision: str,
+    steps_per_eval: int,
+    max_eval_batches: int | None,
+    checkpoint_every: int | None,
+    on_step: Any = None,
+) -> TrainPlan:
+    """levanter's TrainLmConfig from plain arguments (shared by the step and the benchmark
+    that runs levanter directly, so both train the same thing)."""
     import jmp
     import levanter.main.train_lm as levanter_train
     from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
@@ -177,8 +274,7 @@ def train_lm(
     from levanter.optim import AdamConfig
     from levanter.trainer import TrainerConfig
 
-    from tasks.lm import tracker as _tracker  # registers the tracker
-    from tasks.lm.report import publish_training_report
+    from tasks.lm.tracker import JsonlTrackerConfig
     from tasks.train_tokenizer import load_tokenizer
 
     if not data:
@@ -188,7 +284,7 @@ def train_lm(
     if unknown:
         raise ValueError(f"weights name datasets not in data: {sorted(unknown)}")
     os.makedirs(output_path, exist_ok=True)
-    hf_tokenizer = load_tokenizer(tokenizer)
+    vocab_size = len(load_tokenizer(tokenizer))
     reference = os.path.join(output_path, "hf_reference")
     model = llama_config(
         hidden_dim,
@@ -200,8 +296,7 @@ def train_lm(
         tokenizer,
         reference,
     )
-    write_reference_config(model, len(hf_tokenizer), reference)
-
+    write_reference_config(model, vocab_size, reference)
     metrics_path = os.path.join(output_path, "metrics.jsonl")
     mixture = LMMixtureDatasetConfig(
         tokenizer=tokenizer,
@@ -209,13 +304,12 @@ def train_lm(
         configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
         train_weights={key: float(w) for key, w in weights.items()},
     )
-    checkpoint_dir = os.path.join(output_path, "checkpoints")
     # levanter's final forced hook run does not pass `force` to the checkpointer, so the last
     # checkpoint is written only if the last step index (n - 1) is a multiple of `every`.
     keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
     keep.append({"every": max(1, num_train_steps - 1)})
     checkpointer = _waitable_checkpointer_config()(
-        base_path=checkpoint_dir,
+        base_path=os.path.join(output_path, "checkpoints"),
         append_run_id_to_base_path=False,
         keep=keep,
     )
@@ -227,11 +321,9 @@ def train_lm(
         require_accelerator=False,
         steps_per_eval=steps_per_eval,
         max_eval_batches=max_eval_batches,
-        tracker=_tracker.JsonlTrackerConfig(
-            path=metrics_path, on_step=_progress_reporter(num_train_steps)
-        ),
+        tracker=JsonlTrackerConfig(path=metrics_path, on_step=on_step),
         ray=RayConfig(auto_start_cluster=False),
-        log_dir=__import__("pathlib").Path(output_path) / "logs",
+        log_dir=Path(output_path) / "logs",
         id="run",
         checkpointer=checkpointer,
     )
@@ -253,25 +345,4 @@ def train_lm(
         hf_save_path=os.path.join(output_path, "hf"),
         hf_save_steps=num_train_steps,
     )
-    levanter_train.main(config)
-    checkpointer.wait_until_finished()  # levanter saves the last checkpoint asynchronously
-    final = publish_training_report(metrics_path, output_path, name)
-    with open(os.path.join(output_path, "train_config.json"), "w") as handle:
-        json.dump(
-            {
-                "model": {k: getattr(model, k) for k in MODEL_ATTRS},
-                "vocab_size": len(hf_tokenizer),
-                "tokenizer": tokenizer,
-                "data": data,
-                "weights": weights,
-            },
-            handle,
-            indent=2,
-        )
-    return {
-        "final": final,
-        "hf_export": "hf",
-        "checkpoints": "checkpoints",
-        "vocab_size": len(hf_tokenizer),
-        "num_train_steps": num_train_steps,
-    }
+    return TrainPlan(config, checkpointer, metrics_path, vocab_size, weights)
