@@ -35,7 +35,7 @@ def tokenize(
     validation_fraction: float = 0.05,
     seed: int = 0,
     text_field: str = "text",
-    batch_size: int = 256,
+    batch_size: int = 1024,
     *,
     output_path: str,
 ) -> dict:
