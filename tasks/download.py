@@ -15,6 +15,7 @@ import fsspec
 
 from tasks.core import step
 from tasks.core.provenance import note
+from tasks.core.storage import META_DIR
 
 logger = logging.getLogger("lmflows.download")
 
@@ -111,7 +112,8 @@ def download_hf(
     )
     files = []
     for path in sorted(Path(local).rglob("*")):
-        if path.is_file() and ".cache" not in path.relative_to(local).parts:
+        parts = path.relative_to(local).parts
+        if path.is_file() and not {".cache", META_DIR} & set(parts):
             rel = str(path.relative_to(local))
             if local != output_path:
                 copy_with_checksum(str(path), f"{output_path}/{rel}")
