@@ -54,6 +54,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
     isolate_prefect()
+    with prefect_server() as api_url:  # before importing prefect: settings are read at import
+        os.environ["PREFECT_API_URL"] = api_url
+        run(args.steps)
+
+
+def run(steps: int) -> None:
     work = tempfile.mkdtemp(prefix="lmflows-bench-train-")
     os.environ["LMFLOWS_PREFIX"] = os.path.join(work, "prefix")
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -64,7 +70,7 @@ def main() -> None:
     cache = os.path.join(work, "cache")
     train_tokenizer.fn.__wrapped__(corpus=CORPUS, vocab_size=4096, output_path=tok)
     tokenize.fn.__wrapped__(dataset=CORPUS, tokenizer=tok, name="bench", output_path=cache)
-    common = dict(HPARAMS, num_train_steps=args.steps, steps_per_eval=args.steps)
+    common = dict(HPARAMS, num_train_steps=steps, steps_per_eval=steps)
 
     import levanter.main.train_lm as levanter_train
 
@@ -76,18 +82,16 @@ def main() -> None:
     plan.checkpointer.wait_until_finished()
     direct = statistics.median(step_times(plan.metrics_path))
 
-    with prefect_server() as api_url:
-        os.environ["PREFECT_API_URL"] = api_url
-        from prefect import flow
+    from prefect import flow
 
-        @flow
-        def train_flow():
-            return train_lm(data={"kjv": cache}, tokenizer=tok, name="bench", **common)
+    @flow
+    def train_flow():
+        return train_lm(data={"kjv": cache}, tokenizer=tok, name="bench", **common)
 
-        ref = train_flow()
+    ref = train_flow()
     in_task = statistics.median(step_times(os.path.join(ref.path, "metrics.jsonl")))
     print(
-        f"median step time over {args.steps} steps: levanter direct {direct * 1000:.1f} ms, "
+        f"median step time over {steps} steps: levanter direct {direct * 1000:.1f} ms, "
         f"inside the train_lm task {in_task * 1000:.1f} ms"
     )
     print(ratio_line("step time, task vs direct levanter", in_task, direct, "goal <= 1.01x"))

@@ -274,7 +274,7 @@ def build_train_config(
     from levanter.optim import AdamConfig
     from levanter.trainer import TrainerConfig
 
-    from tasks.lm.tracker import JsonlTrackerConfig
+    from tasks.lm.tracker import JsonlTrackerConfig, register_on_step
     from tasks.train_tokenizer import load_tokenizer
 
     if not data:
@@ -298,6 +298,7 @@ def build_train_config(
     )
     write_reference_config(model, vocab_size, reference)
     metrics_path = os.path.join(output_path, "metrics.jsonl")
+    register_on_step(metrics_path, on_step)
     mixture = LMMixtureDatasetConfig(
         tokenizer=tokenizer,
         cache_dir=None,
@@ -321,7 +322,7 @@ def build_train_config(
         require_accelerator=False,
         steps_per_eval=steps_per_eval,
         max_eval_batches=max_eval_batches,
-        tracker=JsonlTrackerConfig(path=metrics_path, on_step=on_step),
+        tracker=JsonlTrackerConfig(path=metrics_path),
         ray=RayConfig(auto_start_cluster=False),
         log_dir=Path(output_path) / "logs",
         id="run",

@@ -57,11 +57,22 @@ class JsonlTracker(Tracker):
             self._file.close()
 
 
+# Step callbacks by metrics path: levanter dumps its whole config with draccus, which cannot
+# encode a function, so the config carries only the path.
+_ON_STEP: dict[str, Callable[[int, Mapping[str, Any]], None]] = {}
+
+
+def register_on_step(path: str, on_step: Callable[[int, Mapping[str, Any]], None] | None) -> None:
+    if on_step is None:
+        _ON_STEP.pop(path, None)
+    else:
+        _ON_STEP[path] = on_step
+
+
 @TrackerConfig.register_subclass("lmflows_jsonl")
 @dataclasses.dataclass
 class JsonlTrackerConfig(TrackerConfig):
     path: str = "metrics.jsonl"
-    on_step: Any = None
 
     def init(self, run_id: str | None) -> JsonlTracker:
-        return JsonlTracker(self.path, self.on_step)
+        return JsonlTracker(self.path, _ON_STEP.get(self.path))
