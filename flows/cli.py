@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
         help="re-execute steps whose name matches (fnmatch)",
     )
     run.add_argument(
+        "--runner",
+        choices=["threads", "ray"],
+        default="threads",
+        help="threads: Prefect's thread pool (default); ray: prefect-ray's RayTaskRunner",
+    )
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        help="existing Ray cluster (e.g. ray://head:10001); default: start a local Ray",
+    )
+    run.add_argument(
         "--server",
         choices=["auto", "ephemeral"],
         default="auto",
@@ -105,7 +116,13 @@ def cmd_plan(experiment: str, force: list[str]) -> int:
     return 0
 
 
-def cmd_run(experiment: str, force: list[str], server: str) -> int:
+def cmd_run(
+    experiment: str,
+    force: list[str],
+    server: str,
+    runner: str = "threads",
+    ray_address: str | None = None,
+) -> int:
     from flows.loader import load_flow
     from flows.server import ensure_server, ui_url
     from tasks.core import set_force, storage
@@ -115,6 +132,18 @@ def cmd_run(experiment: str, force: list[str], server: str) -> int:
     _check_writable(prefix)
     api_url = ensure_server(server)
     set_force(force)
+    if runner == "ray":
+        from flows.runners import ray_task_runner
+
+        if api_url is None:
+            print(
+                "lmflows: warning: Ray without a Prefect server: every worker starts its own "
+                "temporary server (~18 s a task)",
+                file=sys.stderr,
+            )
+        else:
+            os.environ["PREFECT_API_URL"] = api_url  # passed to the Ray workers
+        flow = flow.with_options(task_runner=ray_task_runner(ray_address))
     if api_url:
         print(f"lmflows: watch it in the Prefect UI: {ui_url(api_url)}/runs")
     state = _run_flow(flow, api_url)
@@ -184,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status()
         if args.command == "plan" or args.dry_run:
             return cmd_plan(args.experiment, args.force)
-        return cmd_run(args.experiment, args.force, args.server)
+        return cmd_run(args.experiment, args.force, args.server, args.runner, args.ray_address)
     except (ExperimentError, PrefixError) as exc:
         print(f"lmflows: error: {exc}", file=sys.stderr)
         return 2

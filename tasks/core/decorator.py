@@ -186,6 +186,11 @@ class Step(Task):
         params = self.bind(args, kwargs)
         if planning.active_plan() is not None:
             return self._plan(params)
+        if _flow_runs_on_ray():
+            # A plain call in a Ray-backed flow goes to Ray too: steps are where the work is.
+            future = self.submit(*args, wait_for=wait_for, **kwargs)
+            future.wait()
+            return future.state if return_state else future.result()
         self._prepare(params)
         return super().__call__(*args, return_state=return_state, wait_for=wait_for, **kwargs)
 
@@ -195,6 +200,12 @@ class Step(Task):
         if planning.active_plan() is not None:
             return planning.PlannedFuture(self._plan(params))
         self._prepare(params)
+        resources = getattr(self, "_lmflows_resources", None)
+        if resources and _flow_runs_on_ray():
+            from prefect_ray.context import remote_options
+
+            with remote_options(**resources):
+                return super().submit(*args, **kwargs)
         return super().submit(*args, **kwargs)
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
@@ -236,8 +247,17 @@ class Step(Task):
         new._lmflows_name = self._lmflows_name
         new._lmflows_hash_attrs = self._lmflows_hash_attrs
         new._lmflows_fn = self._lmflows_fn
+        new._lmflows_resources = getattr(self, "_lmflows_resources", None)
         new.result_serializer = records.StepRefSerializer()
         return new
+
+
+def _flow_runs_on_ray() -> bool:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    return type(runner).__name__ == "RayTaskRunner"
 
 
 class IdentityRunName:
@@ -293,17 +313,22 @@ def step(
     *,
     hash_attrs: Iterable[str] = (),
     name: str | None = None,
+    resources: dict[str, Any] | None = None,
     **task_options: Any,
 ) -> Any:
     """Declare a step: ``@step(hash_attrs=["n"], name="toy/square")``.
 
     `hash_attrs` names the parameters that define the output; parameters holding StepRefs
     are always part of the identity. `name` is a literal or a template filled from the
-    call's arguments (``"tokenized/{dataset}"``); default: the function's name. Any other
-    keyword (retries, tags, timeout_seconds, ...) goes to `prefect.Task`.
+    call's arguments (``"tokenized/{dataset}"``); default: the function's name. `resources`
+    are Ray remote options (``{"num_cpus": 8, "resources": {"TPU": 4}}``) applied when the
+    flow runs on `RayTaskRunner`; they are operational, not identity. Any other keyword
+    (retries, tags, timeout_seconds, ...) goes to `prefect.Task`.
     """
     if fn is None:
-        return functools.partial(step, hash_attrs=hash_attrs, name=name, **task_options)
+        return functools.partial(
+            step, hash_attrs=hash_attrs, name=name, resources=resources, **task_options
+        )
     if isinstance(hash_attrs, str):
         raise StepDefinitionError(
             f"hash_attrs must be a list of parameter names, got {hash_attrs!r}"
@@ -370,6 +395,7 @@ def step(
     task._lmflows_name = name_template
     task._lmflows_hash_attrs = hash_attrs
     task._lmflows_fn = fn
+    task._lmflows_resources = dict(resources) if resources else None
     return task
 
 
