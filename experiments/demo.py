@@ -8,24 +8,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.pretrain import KJV_URLS, prepare_data, train_and_evaluate
+from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluate
 
 
 @flow(name="demo")
 def demo() -> dict:
     data = prepare_data("kjv", KJV_URLS, vocab_size=4096)
     result = train_and_evaluate(
-        "demo-kjv",
-        {"kjv": data["tokenized"]},
-        data["tokenizer"],
-        hidden_dim=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        intermediate_dim=256,
-        seq_len=128,
-        batch_size=32,
-        num_train_steps=50,
-        learning_rate=3e-3,
+        "demo-kjv", {"kjv": data["tokenized"]}, data["tokenizer"], learning_rate=3e-3, **TINY_LLAMA
     )
     return {"eval": result["eval"], "model": result["model"]}

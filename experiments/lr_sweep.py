@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.pretrain import KJV_URLS, prepare_data, train_and_evaluate
+from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluate
 
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 
@@ -19,14 +19,7 @@ def lr_sweep(learning_rates: tuple[float, ...] = LEARNING_RATES) -> dict:
             f"sweep-kjv-lr{learning_rate:g}",
             {"kjv": data["tokenized"]},
             data["tokenizer"],
-            hidden_dim=64,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=4,
-            intermediate_dim=256,
-            seq_len=128,
-            batch_size=32,
-            num_train_steps=50,
             learning_rate=learning_rate,
+            **TINY_LLAMA,
         )
     return results

@@ -15,6 +15,17 @@ from tasks.train import train_lm
 from tasks.train_tokenizer import train_tokenizer
 
 KJV_URLS = [f"data/kjv/kjv-{i:02d}.jsonl.gz" for i in range(4)]
+# The CPU-sized model of the demo and the sweep: a 2-layer, 64-wide Llama, 50 steps.
+TINY_LLAMA = dict(
+    hidden_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    intermediate_dim=256,
+    seq_len=128,
+    batch_size=32,
+    num_train_steps=50,
+)
 
 
 def prepare_data(

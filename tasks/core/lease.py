@@ -89,6 +89,15 @@ def is_live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
 # --- backends: conditional read-modify-write of one small JSON object ---------------------
 
 
+def _may_replace(
+    current: dict[str, Any] | None, expect_token: str | None, only_if_free: bool
+) -> bool:
+    """A new holder may take a free lease; a holder may change only its own (by token)."""
+    if only_if_free:
+        return not is_live(current)
+    return (current or {}).get("token") == expect_token
+
+
 class _LocalLeases:
     """Local disk: an exclusive `flock` on a guard file serialises every lease change."""
 
@@ -122,11 +131,7 @@ class _LocalLeases:
         only_if_free: bool = False,
     ) -> bool:
         with self._guard(lease_path):
-            current = self.read(lease_path)
-            if only_if_free:
-                if is_live(current):
-                    return False
-            elif (current or {}).get("token") != expect_token:
+            if not _may_replace(self.read(lease_path), expect_token, only_if_free):
                 return False
             if new is None:
                 with contextlib.suppress(FileNotFoundError):
@@ -196,10 +201,7 @@ class _GcsLeases:
         only_if_free: bool = False,
     ) -> bool:
         current, generation = self._read_with_generation(lease_path)
-        if only_if_free:
-            if is_live(current):
-                return False
-        elif (current or {}).get("token") != expect_token:
+        if not _may_replace(current, expect_token, only_if_free):
             return False
         if new is None:
             fs, path = self._fs(lease_path)
