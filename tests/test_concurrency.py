@@ -150,4 +150,7 @@ def test_a_holder_that_lost_its_lease_fails_instead_of_committing(prefix, tmp_pa
     assert "LeaseLostError" in err1 or "lease" in (out1 + err1).lower()
     record = json.loads((out / ".lmflows/commit.json").read_text())
     assert json.loads(record["result"])["metadata"] == {"pid": second.pid}
-    assert (out / "done.txt").read_text() == f"finished by {second.pid}"
+    assert json.loads((out / ".lmflows/provenance.json").read_text())["pid"] == second.pid
+    # Not asserted: which process wrote done.txt last. A paused holder that wakes up after
+    # losing its lease can still write files until its next lease check; only its commit is
+    # refused (see docs/steps.md, "Leases").
