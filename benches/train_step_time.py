@@ -16,27 +16,29 @@ import tempfile
 from benches.common import isolate_prefect, prefect_server, ratio_line
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "kjv")
-HPARAMS = dict(
-    hidden_dim=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=4,
-    intermediate_dim=256,
-    seq_len=128,
-    learning_rate=3e-3,
-    weight_decay=0.1,
-    warmup=0.1,
-    min_lr_ratio=0.1,
-    lr_schedule="cosine",
-    beta1=0.9,
-    beta2=0.95,
-    max_grad_norm=1.0,
-    batch_size=32,
-    seed=0,
-    mixed_precision="f32",
-    max_eval_batches=2,
-    checkpoint_every=None,
-)
+
+
+def hparams() -> dict:
+    """The demo's model (flows.pretrain.TINY_LLAMA) with every optimizer argument spelled
+    out, since build_train_config takes them all. Imported late: prefect reads its settings
+    when first imported, after the benchmark has pointed them at its own server."""
+    from flows.pretrain import TINY_LLAMA
+
+    return dict(
+        {k: v for k, v in TINY_LLAMA.items() if k != "num_train_steps"},
+        learning_rate=3e-3,
+        weight_decay=0.1,
+        warmup=0.1,
+        min_lr_ratio=0.1,
+        lr_schedule="cosine",
+        beta1=0.9,
+        beta2=0.95,
+        max_grad_norm=1.0,
+        seed=0,
+        mixed_precision="f32",
+        max_eval_batches=2,
+        checkpoint_every=None,
+    )
 
 
 def step_times(metrics_path: str, skip: int = 3) -> list[float]:
@@ -70,7 +72,7 @@ def run(steps: int) -> None:
     cache = os.path.join(work, "cache")
     train_tokenizer.fn.__wrapped__(corpus=CORPUS, vocab_size=4096, output_path=tok)
     tokenize.fn.__wrapped__(dataset=CORPUS, tokenizer=tok, name="bench", output_path=cache)
-    common = dict(HPARAMS, num_train_steps=steps, steps_per_eval=steps)
+    common = dict(hparams(), num_train_steps=steps, steps_per_eval=steps)
 
     import levanter.main.train_lm as levanter_train
 
