@@ -12,6 +12,7 @@ USAGE_EPILOG = """examples:
   python -m flows run demo                 run experiments/demo.py end to end
   python -m flows plan demo                what would run, what is committed; writes nothing
   python -m flows run demo --force 'train/*'   re-execute matching steps only
+  python -m flows explain demo              why each step misses the cache
   python -m flows status --prefix gs://bucket/lm
 """
 
@@ -67,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--force", nargs="+", default=[], metavar="GLOB")
     add_common(plan)
 
+    explain = sub.add_parser(
+        "explain", help="why steps miss the cache: diff against the nearest committed output"
+    )
+    explain.add_argument("experiment")
+    explain.add_argument(
+        "--step", default="*", metavar="GLOB", help="only steps whose name matches (fnmatch)"
+    )
+    add_common(explain)
+
     status = sub.add_parser("status", help="committed steps under a prefix")
     add_common(status)
     return parser
@@ -113,6 +123,43 @@ def cmd_plan(experiment: str, force: list[str]) -> int:
         counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(rows)} steps ({summary}) under {prefix}; planned in {elapsed:.2f} s")
+    return 0
+
+
+def cmd_explain(experiment: str, step_glob: str) -> int:
+    import fnmatch
+
+    from flows.loader import load_flow
+    from tasks.core import planning, storage
+    from tasks.core.explain import explain, show
+
+    flow = load_flow(experiment)
+    with planning.planning() as plan:
+        flow.fn()
+    plan.check_status()
+    prefix = storage.current_prefix()
+    for item in plan.steps.values():
+        if not fnmatch.fnmatchcase(item.ref.name, step_glob):
+            continue
+        if item.status == "committed":
+            print(f"{item.ref.name_with_hash}: committed (cache hit)")
+            continue
+        result = explain(item.ref.name, item.ref.hash, item.attrs, prefix)
+        if result.nearest is None:
+            print(
+                f"{item.ref.name_with_hash}: {item.status}; no committed output named "
+                f"{item.ref.name!r} under {prefix}"
+            )
+            continue
+        print(
+            f"{item.ref.name_with_hash}: {item.status}; nearest committed "
+            f"{result.nearest} differs in {len(result.differences)} field(s):"
+        )
+        for difference in result.differences:
+            print(
+                f"    {difference.field}: {show(difference.committed)} -> "
+                f"{show(difference.planned)}"
+            )
     return 0
 
 
@@ -211,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _apply_prefix(args.prefix)
         if args.command == "status":
             return cmd_status()
+        if args.command == "explain":
+            return cmd_explain(args.experiment, args.step)
         if args.command == "plan" or args.dry_run:
             return cmd_plan(args.experiment, args.force)
         return cmd_run(args.experiment, args.force, args.server, args.runner, args.ray_address)

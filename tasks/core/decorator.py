@@ -176,7 +176,7 @@ class Step(Task):
         assert plan is not None
         identity = self.identify(planning.resolve_planned(params))
         forced = bool(self.refresh_cache) or is_forced(identity.name)
-        return plan.add(_ref_of(identity), self.name, forced)
+        return plan.add(_ref_of(identity), self.name, forced, identity.attrs)
 
     # -- Prefect entry points -------------------------------------------------------------
 

@@ -25,6 +25,7 @@ class PlannedStep:
     task_name: str
     forced: bool = False
     status: str = "unknown"
+    attrs: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -33,10 +34,12 @@ class Plan:
 
     steps: dict[str, PlannedStep] = dataclasses.field(default_factory=dict)
 
-    def add(self, ref: StepRef, task_name: str, forced: bool) -> StepRef:
+    def add(self, ref: StepRef, task_name: str, forced: bool, attrs: dict | None = None) -> StepRef:
         known = self.steps.get(ref.name_with_hash)
         if known is None:
-            self.steps[ref.name_with_hash] = PlannedStep(ref, task_name, forced)
+            self.steps[ref.name_with_hash] = PlannedStep(
+                ref, task_name, forced, "unknown", attrs or {}
+            )
         else:
             known.forced = known.forced or forced
         return ref
