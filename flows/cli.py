@@ -176,9 +176,10 @@ def cmd_run(
 
     prefix = storage.current_prefix()
     flow = load_flow(experiment)
+    set_force(force)
+    check_arguments(flow)
     _check_writable(prefix)
     api_url = ensure_server(server)
-    set_force(force)
     if runner == "ray":
         from flows.runners import ray_task_runner
 
@@ -199,6 +200,22 @@ def cmd_run(
         print(f"lmflows: flow run {ui_url(api_url)}/runs/flow-run/{flow_run_id}")
     print(f"lmflows: {flow.name} finished {state.type.value.lower()} (outputs under {prefix})")
     return 0 if state.is_completed() else 1
+
+
+class ArgumentError(ValueError):
+    """A step argument that cannot work, found by planning before anything ran."""
+
+
+def check_arguments(flow) -> None:
+    """Plan the whole flow first (milliseconds: identities only) so that every step's
+    argument checks run before the first step executes."""
+    from tasks.core import planning
+
+    try:
+        with planning.planning():
+            flow.fn()
+    except (ValueError, TypeError) as exc:
+        raise ArgumentError(str(exc)) from exc
 
 
 def _run_flow(flow, api_url: str | None):
@@ -263,6 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plan" or args.dry_run:
             return cmd_plan(args.experiment, args.force)
         return cmd_run(args.experiment, args.force, args.server, args.runner, args.ray_address)
-    except (ExperimentError, PrefixError) as exc:
+    except (ExperimentError, PrefixError, ArgumentError) as exc:
         print(f"lmflows: error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 
+from tasks import checks
 from tasks.core import step
 from tasks.data_io import ShardWriter, iter_shard, list_shards
 from tasks.minhash import LshIndex, signatures_of
@@ -59,6 +60,7 @@ def _signed(
 @step(
     hash_attrs=["mode", "num_perm", "bands", "ngram", "threshold", "seed", "text_field"],
     name="dedup/{name}",
+    validate=checks.dedup,
 )
 def dedup(
     dataset: str,

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
+from tasks import checks
 from tasks.core import step
 from tasks.core.provenance import note
 from tasks.core.storage import META_DIR
@@ -53,7 +54,7 @@ def copy_with_checksum(source: str, destination: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-@step(hash_attrs=["urls"], name="raw/{name}")
+@step(hash_attrs=["urls"], name="raw/{name}", validate=checks.download_url)
 def download_url(
     urls: list[str], name: str = "url", expected_sha256: dict | None = None, *, output_path: str
 ) -> dict:

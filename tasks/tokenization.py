@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from tasks import checks
 from tasks.core import step
 from tasks.data_io import iter_documents
 from tasks.train_tokenizer import load_tokenizer
@@ -27,7 +28,11 @@ def _split_of(doc_key: str, validation_fraction: float, seed: int) -> str:
     return "validation" if bucket < validation_fraction else "train"
 
 
-@step(hash_attrs=["validation_fraction", "seed", "text_field"], name="tokenized/{name}")
+@step(
+    hash_attrs=["validation_fraction", "seed", "text_field"],
+    name="tokenized/{name}",
+    validate=checks.tokenize,
+)
 def tokenize(
     dataset: str,
     tokenizer: str,

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tasks import checks
 from tasks.core import step
 
 logger = logging.getLogger("lmflows.train")
@@ -136,6 +137,7 @@ def _progress_reporter(total_steps: int):
         "mixed_precision",
     ],
     name="checkpoints/{name}",
+    validate=checks.train_lm,
 )
 def train_lm(
     data: dict,

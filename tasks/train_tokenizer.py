@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from tasks import checks
 from tasks.core import step
 from tasks.data_io import iter_documents
 
@@ -23,6 +24,7 @@ def _texts(corpus: str, max_documents: int | None) -> Iterator[str]:
 @step(
     hash_attrs=["vocab_size", "min_frequency", "max_documents", "model_max_length"],
     name="tokenizer/{name}",
+    validate=checks.train_tokenizer,
 )
 def train_tokenizer(
     corpus: str,

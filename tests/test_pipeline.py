@@ -211,3 +211,42 @@ def test_pipeline_end_to_end_then_all_cached(prefix, http_base):
     again = pretrain(**params, return_state=True)
     assert _task_run_states(again.state_details.flow_run_id, 6) == ["Cached"] * 6
     assert again.result()["model"] == refs["model"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_heads": 3}, "hidden_dim=32 must be a multiple of num_heads=3"),
+        ({"num_train_steps": 0}, "num_train_steps=0 must be a positive integer"),
+        ({"vocab_size": 100}, "vocab_size=100"),
+    ],
+)
+def test_bad_pipeline_arguments_are_caught_by_planning(change, message):
+    from flows.pretrain import pretrain
+    from tasks.core import planning
+
+    params = dict(
+        name="bad",
+        urls=["data/kjv/kjv-00.jsonl.gz"],
+        vocab_size=512,
+        hidden_dim=32,
+        num_heads=2,
+        num_train_steps=5,
+    )
+    params.update(change)
+    with pytest.raises(ValueError, match=message), planning.planning():
+        pretrain.fn(**params)
+
+
+def test_run_checks_every_step_before_running_any(tmp_path):
+    from tests.conftest import run_python
+
+    prefix = tmp_path / "out"
+    result = run_python(
+        ["-m", "flows", "run", "tests/data/bad_experiment.py", "--prefix", str(prefix)]
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lmflows: error: hidden_dim=32 must be a multiple of num_heads=3"
+    ]
+    assert not list(prefix.rglob("*")), "nothing may run or be written"

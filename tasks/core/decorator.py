@@ -89,12 +89,15 @@ def _make_runner(
     name_template: str,
     hash_attrs: tuple[str, ...],
     signature: inspect.Signature,
+    validate: Callable[..., None] | None = None,
 ) -> Callable[..., StepRef]:
     @functools.wraps(fn)
     def run_step(*args: Any, **kwargs: Any) -> StepRef:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         params = dict(bound.arguments)
+        if validate is not None:
+            validate(**params)
         identity = identify(name_template, hash_attrs, params)
         prefix = storage.current_prefix()
         out = storage.output_dir(identity.name_with_hash, prefix)
@@ -160,10 +163,17 @@ class Step(Task):
         """The StepRef a call would return, computed without running anything."""
         return _ref_of(self.identify(self.bind(args, kwargs)))
 
+    def check_arguments(self, params: dict[str, Any]) -> None:
+        """The step's own argument checks (``@step(validate=...)``), before any work."""
+        check = getattr(self, "_lmflows_validate", None)
+        if check is not None:
+            check(**params)
+
     def _prepare(self, params: dict[str, Any]) -> Identity | None:
         """Validate a call before Prefect's engine starts; apply --force / refresh_cache."""
         if _has_future(params):
             return None  # identity known once upstream futures resolve (checked again there)
+        self.check_arguments(params)
         identity = self.identify(params)
         forced = self.refresh_cache or is_forced(identity.name)
         if forced and identity.name_with_hash not in _FORCED_DONE:
@@ -174,7 +184,9 @@ class Step(Task):
     def _plan(self, params: dict[str, Any]) -> StepRef:
         plan = planning.active_plan()
         assert plan is not None
-        identity = self.identify(planning.resolve_planned(params))
+        params = planning.resolve_planned(params)
+        self.check_arguments(params)
+        identity = self.identify(params)
         forced = bool(self.refresh_cache) or is_forced(identity.name)
         return plan.add(_ref_of(identity), self.name, forced, identity.attrs)
 
@@ -248,6 +260,7 @@ class Step(Task):
         new._lmflows_hash_attrs = self._lmflows_hash_attrs
         new._lmflows_fn = self._lmflows_fn
         new._lmflows_resources = getattr(self, "_lmflows_resources", None)
+        new._lmflows_validate = getattr(self, "_lmflows_validate", None)
         new.result_serializer = records.StepRefSerializer()
         return new
 
@@ -314,6 +327,7 @@ def step(
     hash_attrs: Iterable[str] = (),
     name: str | None = None,
     resources: dict[str, Any] | None = None,
+    validate: Callable[..., None] | None = None,
     **task_options: Any,
 ) -> Any:
     """Declare a step: ``@step(hash_attrs=["n"], name="toy/square")``.
@@ -322,12 +336,19 @@ def step(
     are always part of the identity. `name` is a literal or a template filled from the
     call's arguments (``"tokenized/{dataset}"``); default: the function's name. `resources`
     are Ray remote options (``{"num_cpus": 8, "resources": {"TPU": 4}}``) applied when the
-    flow runs on `RayTaskRunner`; they are operational, not identity. Any other keyword
+    flow runs on `RayTaskRunner`; they are operational, not identity. `validate` is called
+    with the call's arguments (defaults applied, StepRefs as they are) before anything runs,
+    also in `plan`; it raises ValueError/TypeError naming the bad argument. Any other keyword
     (retries, tags, timeout_seconds, ...) goes to `prefect.Task`.
     """
     if fn is None:
         return functools.partial(
-            step, hash_attrs=hash_attrs, name=name, resources=resources, **task_options
+            step,
+            hash_attrs=hash_attrs,
+            name=name,
+            resources=resources,
+            validate=validate,
+            **task_options,
         )
     if isinstance(hash_attrs, str):
         raise StepDefinitionError(
@@ -379,7 +400,7 @@ def step(
     public_signature = signature.replace(
         parameters=[p for p in params.values() if p.name != OUTPUT_PATH]
     )
-    runner = _make_runner(fn, name_template, hash_attrs, public_signature)
+    runner = _make_runner(fn, name_template, hash_attrs, public_signature, validate)
     policy = StepCachePolicy(name_template=name_template, hash_attrs=hash_attrs).configure(
         lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"
     )
@@ -396,6 +417,7 @@ def step(
     task._lmflows_hash_attrs = hash_attrs
     task._lmflows_fn = fn
     task._lmflows_resources = dict(resources) if resources else None
+    task._lmflows_validate = validate
     return task
 
 
