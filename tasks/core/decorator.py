@@ -20,8 +20,6 @@ from prefect.utilities.callables import get_call_parameters
 from tasks.core import lease, planning, provenance, records, storage
 from tasks.core.identity import (
     Identity,
-    fill_name,
-    find_refs,
     identify,
     template_fields,
     to_plain,
@@ -421,4 +419,4 @@ def step(
     return task
 
 
-__all__ = ["Step", "StepDefinitionError", "fill_name", "find_refs", "set_force", "step"]
+__all__ = ["Step", "StepDefinitionError", "set_force", "step"]
