@@ -110,15 +110,18 @@ def _make_runner(
                 {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
             )
         except BaseException as exc:
-            record_failure(out, exc, started)
+            if lease.holds(lease_path):  # a holder that lost its lease leaves no trace
+                record_failure(out, exc, started)
             raise
         finally:
             provenance.stop_collecting(token)
+        # Fencing: a holder that lost its lease fails here, before it writes anything of the
+        # framework's; the commit write itself is checked again in StepStorage.
+        lease.assert_held(lease_path)
         records.write_json(
             storage.join(out, storage.PROVENANCE_FILE),
             provenance.build(identity, fn, started, time.time(), prefix, notes),
         )
-        lease.assert_held(lease_path)  # fencing: a holder that lost its lease fails here
         return StepRef(identity.name, identity.hash, metadata=metadata)
 
     run_step.__signature__ = signature  # type: ignore[attr-defined]
