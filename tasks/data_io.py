@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import fsspec
 
+from tasks.core.storage import META_DIR
+
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
 
 
@@ -18,7 +20,12 @@ def list_shards(path: str) -> list[str]:
     protocol = path.split("://", 1)[0] + "://" if "://" in path else ""
     if fs.isfile(root):
         return [path]
-    found = sorted(p for p in fs.find(root) if p.endswith(SHARD_SUFFIXES) and "/.lmflows/" not in p)
+    base = root.rstrip("/") + "/"
+    found = sorted(
+        p
+        for p in fs.find(root)
+        if p.endswith(SHARD_SUFFIXES) and META_DIR not in p[len(base) :].split("/")
+    )
     if not found:
         raise FileNotFoundError(f"no .jsonl or .jsonl.gz shards under {path}")
     return [f"{protocol}{p}" if protocol and not p.startswith(protocol) else p for p in found]

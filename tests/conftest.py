@@ -91,7 +91,7 @@ def prefect_server():
 @pytest.fixture
 def prefix(tmp_path, monkeypatch) -> str:
     """A fresh LMFLOWS_PREFIX for the test (local disk)."""
-    out = tmp_path / "outputs"
+    out = tmp_path / ".lmflows" / "outputs"  # the default's shape: a dot-folder named .lmflows
     monkeypatch.setenv("LMFLOWS_PREFIX", str(out))
     return str(out)
 
