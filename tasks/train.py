@@ -50,13 +50,9 @@ def llama_config(
     tokenizer: str,
     reference: str,
 ):
+    """levanter's LlamaConfig (arguments checked by `tasks.checks.train_lm`)."""
     from levanter.models.llama import LlamaConfig
 
-    if hidden_dim % num_heads or num_heads % num_kv_heads:
-        raise ValueError(
-            f"hidden_dim={hidden_dim} must divide by num_heads={num_heads}, and "
-            f"num_heads by num_kv_heads={num_kv_heads}"
-        )
     return LlamaConfig(
         seq_len=seq_len,
         hidden_dim=hidden_dim,
