@@ -40,6 +40,7 @@ def evaluate(
     from levanter.distributed import RayConfig
     from levanter.trainer import TrainerConfig
 
+    from tasks.lm.root_logging import restored_root_logging
     from tasks.lm.tracker import JsonlTrackerConfig
     from tasks.train import llama_config
 
@@ -70,7 +71,8 @@ def evaluate(
             log_dir=__import__("pathlib").Path(output_path) / "logs",
         ),
     )
-    levanter_eval.main(config)
+    with restored_root_logging():
+        levanter_eval.main(config)
     with open(metrics_path) as handle:
         logged = {}
         for line in handle:

@@ -173,6 +173,7 @@ def train_lm(
     import levanter.main.train_lm as levanter_train
 
     from tasks.lm.report import publish_training_report
+    from tasks.lm.root_logging import restored_root_logging
 
     plan = build_train_config(
         data,
@@ -202,8 +203,9 @@ def train_lm(
         checkpoint_every=checkpoint_every,
         on_step=_progress_reporter(num_train_steps),
     )
-    levanter_train.main(plan.config)
-    plan.checkpointer.wait_until_finished()  # levanter saves the last checkpoint asynchronously
+    with restored_root_logging():
+        levanter_train.main(plan.config)
+        plan.checkpointer.wait_until_finished()  # levanter saves the last one asynchronously
     final = publish_training_report(plan.metrics_path, output_path, name)
     with open(os.path.join(output_path, "train_config.json"), "w") as handle:
         json.dump(
