@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -27,6 +28,17 @@ class LeaseLockManager(LockManager):
     poll_seconds: float = 0.2
     max_poll_seconds: float = 2.0
 
+    def _poll(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Call `done` with growing pauses until it is true (True) or `timeout` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self.poll_seconds
+        while not done():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll_seconds)
+        return True
+
     def _committed(self, key: str) -> bool:
         name_with_hash = storage.name_with_hash_of_key(key)
         return name_with_hash is not None and records.read_commit(name_with_hash) is not None
@@ -43,16 +55,11 @@ class LeaseLockManager(LockManager):
             raise ValueError(f"{key!r} is not an lmflows commit key")
         if lease.holds(lease_path, holder):
             return True
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        delay = self.poll_seconds
-        while True:
-            # Double-checked: a committed step needs no lease (Prefect will serve it Cached).
-            if self._committed(key) or lease.try_acquire(lease_path, holder):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll_seconds)
+        # Double-checked: a committed step needs no lease (Prefect will serve it Cached).
+        return self._poll(
+            lambda: self._committed(key) or lease.try_acquire(lease_path, holder),
+            acquire_timeout,
+        )
 
     async def aacquire_lock(
         self,
@@ -82,14 +89,7 @@ class LeaseLockManager(LockManager):
         return lease_path is not None and lease.holds(lease_path, holder)
 
     def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = self.poll_seconds
-        while self.is_locked(key) and not self._committed(key):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll_seconds)
-        return True
+        return self._poll(lambda: not self.is_locked(key) or self._committed(key), timeout)
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         from prefect.utilities.asyncutils import run_sync_in_worker_thread
