@@ -42,7 +42,7 @@ def main() -> None:
         def bare(i: int, prev: int) -> int:
             return i
 
-        @step(hash_attrs=["i"], name="bench/link")
+        @step(hash_attrs=["i", "prev"], name="bench/link")
         def link(i: int, prev: object = None, *, output_path: str) -> dict:
             return {"i": i}
 

@@ -58,7 +58,8 @@ def _signed(
 
 
 @step(
-    hash_attrs=["mode", "num_perm", "bands", "ngram", "threshold", "seed", "text_field"],
+    hash_attrs=["dataset", "mode", "num_perm", "bands", "ngram", "threshold", "seed", "text_field"],
+    operational=["processes", "chunk_size"],
     name="dedup/{name}",
     validate=checks.dedup,
 )

@@ -54,7 +54,12 @@ def copy_with_checksum(source: str, destination: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-@step(hash_attrs=["urls"], name="raw/{name}", validate=checks.download_url)
+@step(
+    hash_attrs=["urls"],
+    operational=["expected_sha256"],
+    name="raw/{name}",
+    validate=checks.download_url,
+)
 def download_url(
     urls: list[str], name: str = "url", expected_sha256: dict | None = None, *, output_path: str
 ) -> dict:

@@ -18,7 +18,11 @@ def _final_checkpoint(model: str) -> str:
     return os.path.join(root, steps[-1][1])
 
 
-@step(hash_attrs=["model", "data", "tokenizer", "max_eval_batches"], name="eval/{name}")
+@step(
+    # batch_size is identity: levanter evaluates max_eval_batches batches of it.
+    hash_attrs=["model", "data", "tokenizer", "max_eval_batches", "batch_size"],
+    name="eval/{name}",
+)
 def evaluate(
     model: str,
     data: dict,
@@ -32,7 +36,8 @@ def evaluate(
     """Evaluate the final checkpoint of a `train_lm` output on tokenized validation splits.
 
     `data` maps dataset names to tokenize outputs; `tokenizer` is the one the model was
-    trained with. `batch_size` is operational.
+    trained with. `batch_size` is a hash attribute: with `max_eval_batches` it decides how
+    many examples are scored.
     """
     import jmp
     import levanter.main.eval_lm as levanter_eval

@@ -10,7 +10,7 @@ from tasks.core import step
 from tasks.data_io import ShardWriter
 
 
-@step(hash_attrs=["pattern", "separator", "docs_per_shard"], name="jsonl/{name}")
+@step(hash_attrs=["source", "pattern", "separator", "docs_per_shard"], name="jsonl/{name}")
 def text_to_jsonl(
     source: str,
     name: str,

@@ -29,7 +29,8 @@ def _split_of(doc_key: str, validation_fraction: float, seed: int) -> str:
 
 
 @step(
-    hash_attrs=["validation_fraction", "seed", "text_field"],
+    hash_attrs=["dataset", "tokenizer", "validation_fraction", "seed", "text_field"],
+    operational=["batch_size"],
     name="tokenized/{name}",
     validate=checks.tokenize,
 )

@@ -23,7 +23,7 @@ def make_numbers(n: int, seed: int, *, output_path: str) -> dict:
     return {"count": n}
 
 
-@step(hash_attrs=["factor"], name="toy/scale")
+@step(hash_attrs=["source", "factor"], name="toy/scale")
 def scale(source: str, factor: float, *, output_path: str) -> dict:
     with open(source) as handle:
         values = json.load(handle)
@@ -42,7 +42,7 @@ def count_words(text: str, *, output_path: str) -> dict:
     return {"distinct": len(counts)}
 
 
-@step(name="toy/summary")
+@step(hash_attrs=["inputs"], name="toy/summary")
 def summarize(inputs: list, *, output_path: str) -> dict:
     sizes = {
         os.path.basename(os.path.dirname(p.rstrip("/"))) or p: len(os.listdir(p)) for p in inputs

@@ -132,6 +132,9 @@ def _progress_reporter(total_steps: int):
         "seed",
         "mixed_precision",
     ],
+    # Evaluation cadence and checkpoint frequency change what is logged and kept along the
+    # way, not the trained model.
+    operational=["steps_per_eval", "max_eval_batches", "checkpoint_every"],
     name="checkpoints/{name}",
     validate=checks.train_lm,
 )

@@ -22,7 +22,7 @@ def _texts(corpus: str, max_documents: int | None) -> Iterator[str]:
 
 
 @step(
-    hash_attrs=["vocab_size", "min_frequency", "max_documents", "model_max_length"],
+    hash_attrs=["corpus", "vocab_size", "min_frequency", "max_documents", "model_max_length"],
     name="tokenizer/{name}",
     validate=checks.train_tokenizer,
 )

@@ -183,7 +183,7 @@ def test_decorator_errors():
 
     with pytest.raises(StepDefinitionError, match=r"\*args"):
 
-        @step()
+        @step(hash_attrs=["args"])
         def varargs(*args, output_path: str):
             pass
 

@@ -10,7 +10,7 @@ from prefect import flow
 from tasks.core import step
 
 
-@step(hash_attrs=["i", "lr"], name="bench/node")
+@step(hash_attrs=["i", "lr", "inputs"], name="bench/node")
 def node(i: int, lr: float, inputs: list, *, output_path: str) -> dict:
     return {"i": i}
 

@@ -1,7 +1,26 @@
-"""The step machinery: identities, the @step decorator, StepRef, storage and leases."""
+"""The step machinery: identities, the @step decorator, StepRef, storage and leases.
+
+A step call's life, one line per stage (module in brackets):
+
+1. bind      the call's arguments to the function's parameters, defaults applied [decorator]
+2. validate  the step's own `validate=` checks; a StepRef in an operational parameter, a
+             hash-attribute string under the prefix and non-JSON values are refused [definition,
+             identity]. `plan` stops here and records the StepRef.
+3. identify  sha256 of {name, attrs, deps} -> NAME-HASH; once in the caller, once per task run
+             (shared by the run name, the cache key and the body) [identity, definition]
+4. key       Prefect's cache key is `NAME-HASH/.lmflows/commit.json` under the prefix [policy]
+5. lease     a committed record is served as `Cached` with no lease write; otherwise take the
+             lease, then check for the record again (double-checked locking) [policy, lease]
+6. clear     the lease holder empties what a dead attempt left in the output folder [outputs]
+7. run       the function, with StepRefs replaced by paths and `output_path` filled [decorator]
+8. provenance  attributes, deps, code version, host and run ids beside the output [provenance]
+9. commit    fenced: a holder that lost its lease fails; the JSON record is written last,
+             atomically [records]
+"""
 
 from tasks.core.decorator import Step, StepDefinitionError, set_force, step
-from tasks.core.identity import StepNameError, compute_hash, identify
+from tasks.core.definition import StepDefinition
+from tasks.core.identity import StepArgumentError, StepNameError, compute_hash, identify
 from tasks.core.lease import LeaseLostError
 from tasks.core.ref import StepRef
 from tasks.core.storage import PREFIX_ENV, current_prefix
@@ -10,6 +29,8 @@ __all__ = [
     "PREFIX_ENV",
     "LeaseLostError",
     "Step",
+    "StepArgumentError",
+    "StepDefinition",
     "StepDefinitionError",
     "StepNameError",
     "StepRef",

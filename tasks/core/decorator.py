@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import inspect
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,23 +16,14 @@ from prefect import Task
 from prefect.futures import PrefectFuture
 from prefect.utilities.callables import get_call_parameters
 
-from tasks.core import lease, planning, provenance, records, storage
-from tasks.core.identity import (
-    Identity,
-    identify,
-    template_fields,
-    to_plain,
-    validate_name,
-)
+from tasks.core import lease, planning, provenance, records, storage, walk
+from tasks.core.definition import OUTPUT_PATH, StepDefinition, StepDefinitionError, define
+from tasks.core.identity import Identity, to_plain
 from tasks.core.outputs import clear_output, record_failure
 from tasks.core.policy import LeaseLockManager, StepCachePolicy
 from tasks.core.ref import StepRef
 
-OUTPUT_PATH = "output_path"
-
-
-class StepDefinitionError(TypeError):
-    """A `@step` declaration that cannot work; raised when the decorator runs."""
+walk.register_special(PrefectFuture)
 
 
 # --- --force: steps whose name matches are re-executed once per process -----------------
@@ -58,45 +48,31 @@ def is_forced(name: str) -> bool:
 
 def refs_to_paths(value: Any) -> Any:
     """What the step function receives: every StepRef replaced by its absolute path."""
-    if isinstance(value, StepRef):
-        return value.path
-    if isinstance(value, list):
-        return [refs_to_paths(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(refs_to_paths(v) for v in value)
-    if isinstance(value, dict):
-        return {k: refs_to_paths(v) for k, v in value.items()}
-    return value
+    return walk.replace(value, StepRef, _path_of)
+
+
+def _path_of(ref: StepRef) -> str:
+    return ref.path
 
 
 def _has_future(value: Any) -> bool:
-    if isinstance(value, PrefectFuture):
-        return True
-    if isinstance(value, (list, tuple, set)):
-        return any(_has_future(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_future(v) for v in value.values())
-    return False
+    return bool(walk.collect(value, PrefectFuture))
 
 
 # --- the function Prefect runs ------------------------------------------------------------
 
 
-def _make_runner(
-    fn: Callable[..., Any],
-    name_template: str,
-    hash_attrs: tuple[str, ...],
-    signature: inspect.Signature,
-    validate: Callable[..., None] | None = None,
-) -> Callable[..., StepRef]:
+def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
+    fn = definition.fn
+    signature = definition.signature
+
     @functools.wraps(fn)
     def run_step(*args: Any, **kwargs: Any) -> StepRef:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         params = dict(bound.arguments)
-        if validate is not None:
-            validate(**params)
-        identity = identify(name_template, hash_attrs, params)
+        definition.check(params)
+        identity = definition.identify_in_run(params)
         prefix = storage.current_prefix()
         out = storage.output_dir(identity.name_with_hash, prefix)
         lease_path = storage.meta_path(identity.name_with_hash, storage.LEASE_FILE, prefix)
@@ -118,7 +94,7 @@ def _make_runner(
         # Fencing: a holder that lost its lease fails here, before it writes anything of the
         # framework's; the commit write itself is checked again in StepStorage.
         lease.assert_held(lease_path)
-        records.write_json(
+        storage.write_json(
             storage.join(out, storage.PROVENANCE_FILE),
             provenance.build(identity, fn, started, time.time(), prefix, notes),
         )
@@ -134,9 +110,7 @@ def _make_runner(
 class Step(Task):
     """A `prefect.Task` whose cache key is the step identity and whose result is a StepRef."""
 
-    _lmflows_name: str
-    _lmflows_hash_attrs: tuple[str, ...]
-    _lmflows_fn: Callable[..., Any]
+    definition: StepDefinition
 
     # Result storage is always the prefix in force when the task runs; Prefect rejects
     # unsaved storage blocks as a constructor argument, so it is a property here.
@@ -153,12 +127,13 @@ class Step(Task):
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if OUTPUT_PATH in kwargs:
             raise TypeError(
-                f"step {self._lmflows_name!r}: output_path is filled by lmflows; do not pass it"
+                f"step {self.definition.name_template!r}: output_path is filled by lmflows; "
+                "do not pass it"
             )
         return get_call_parameters(self.fn, args, kwargs)
 
     def identify(self, params: dict[str, Any]) -> Identity:
-        return identify(self._lmflows_name, self._lmflows_hash_attrs, params)
+        return self.definition.identify(params)
 
     def ref_for(self, *args: Any, **kwargs: Any) -> StepRef:
         """The StepRef a call would return, computed without running anything."""
@@ -166,9 +141,7 @@ class Step(Task):
 
     def check_arguments(self, params: dict[str, Any]) -> None:
         """The step's own argument checks (``@step(validate=...)``), before any work."""
-        check = getattr(self, "_lmflows_validate", None)
-        if check is not None:
-            check(**params)
+        self.definition.check(params)
 
     def _prepare(self, params: dict[str, Any]) -> Identity | None:
         """Validate a call before Prefect's engine starts; apply --force / refresh_cache."""
@@ -213,7 +186,7 @@ class Step(Task):
         if planning.active_plan() is not None:
             return planning.PlannedFuture(self._plan(params))
         self._prepare(params)
-        resources = getattr(self, "_lmflows_resources", None)
+        resources = self.definition.resources
         if resources and _flow_runs_on_ray():
             from prefect_ray.context import remote_options
 
@@ -230,12 +203,14 @@ class Step(Task):
         params = get_call_parameters(self.fn, args, kwargs)
         iterable = {k: v for k, v in params.items() if _is_mappable(v)}
         if not iterable:
-            raise TypeError(f"step {self._lmflows_name!r}.map(): no iterable argument to map over")
+            raise TypeError(
+                f"step {self.definition.name_template!r}.map(): no iterable argument to map over"
+            )
         static = {k: _unwrap(v) for k, v in params.items() if k not in iterable}
         lengths = {len(v) for v in iterable.values()}
         if len(lengths) != 1:
             raise ValueError(
-                f"step {self._lmflows_name!r}.map(): iterables have different "
+                f"step {self.definition.name_template!r}.map(): iterables have different "
                 f"lengths {sorted(lengths)}"
             )
         calls = expand_mapping_parameters(
@@ -250,18 +225,14 @@ class Step(Task):
     def with_options(self, **options: Any) -> Step:
         if "cache_policy" in options or "cache_key_fn" in options:
             raise ValueError(
-                f"step {self._lmflows_name!r}: its cache policy is its identity "
+                f"step {self.definition.name_template!r}: its cache policy is its identity "
                 "and cannot be replaced"
             )
         options.pop("result_storage", None)
         options.pop("result_serializer", None)
         new = super().with_options(result_storage=None, **options)
         new.__class__ = Step
-        new._lmflows_name = self._lmflows_name
-        new._lmflows_hash_attrs = self._lmflows_hash_attrs
-        new._lmflows_fn = self._lmflows_fn
-        new._lmflows_resources = getattr(self, "_lmflows_resources", None)
-        new._lmflows_validate = getattr(self, "_lmflows_validate", None)
+        new.definition = self.definition
         new.result_serializer = records.StepRefSerializer()
         return new
 
@@ -277,15 +248,14 @@ def _flow_runs_on_ray() -> bool:
 class IdentityRunName:
     """Names each task run after its identity (``toy/square-0fde9076ed``) in the Prefect UI."""
 
-    def __init__(self, name_template: str, hash_attrs: tuple[str, ...]) -> None:
-        self.name_template = name_template
-        self.hash_attrs = hash_attrs
+    def __init__(self, definition: StepDefinition) -> None:
+        self.definition = definition
 
     def __call__(self, parameters: dict[str, Any]) -> str:
         try:
-            return identify(self.name_template, self.hash_attrs, parameters).name_with_hash
+            return self.definition.identify_in_run(parameters).name_with_hash
         except Exception:
-            return self.name_template
+            return self.definition.name_template
 
 
 def _is_mappable(value: Any) -> bool:
@@ -326,99 +296,58 @@ def step(
     fn: Callable[..., Any] | None = None,
     *,
     hash_attrs: Iterable[str] = (),
+    operational: Iterable[str] = (),
     name: str | None = None,
     resources: dict[str, Any] | None = None,
     validate: Callable[..., None] | None = None,
     **task_options: Any,
 ) -> Any:
-    """Declare a step: ``@step(hash_attrs=["n"], name="toy/square")``.
+    """Declare a step: ``@step(hash_attrs=["n"], operational=["workers"], name="toy/square")``.
 
-    `hash_attrs` names the parameters that define the output; parameters holding StepRefs
-    are always part of the identity. `name` is a literal or a template filled from the
-    call's arguments (``"tokenized/{dataset}"``); default: the function's name. `resources`
-    are Ray remote options (``{"num_cpus": 8, "resources": {"TPU": 4}}``) applied when the
-    flow runs on `RayTaskRunner`; they are operational, not identity. `validate` is called
-    with the call's arguments (defaults applied, StepRefs as they are) before anything runs,
-    also in `plan`; it raises ValueError/TypeError naming the bad argument. Any other keyword
-    (retries, tags, timeout_seconds, ...) goes to `prefect.Task`.
+    Every parameter except `output_path` and the name template's fields is in exactly one of
+    `hash_attrs` (it defines the output; every parameter that receives a StepRef belongs
+    here) and `operational` (it does not); anything else is a `StepDefinitionError` now.
+    `name` is a literal or a template filled from the call's arguments
+    (``"tokenized/{dataset}"``); default: the function's name. `resources` are Ray remote
+    options (``{"num_cpus": 8, "resources": {"TPU": 4}}``) applied when the flow runs on
+    `RayTaskRunner`. `validate` is called with the call's arguments (defaults applied,
+    StepRefs as they are) before anything runs, also in `plan`; it raises ValueError/TypeError
+    naming the bad argument. Any other keyword (retries, tags, timeout_seconds, ...) goes to
+    `prefect.Task`.
     """
     if fn is None:
         return functools.partial(
             step,
             hash_attrs=hash_attrs,
+            operational=operational,
             name=name,
             resources=resources,
             validate=validate,
             **task_options,
         )
-    if isinstance(hash_attrs, str):
-        raise StepDefinitionError(
-            f"hash_attrs must be a list of parameter names, got {hash_attrs!r}"
-        )
-    hash_attrs = tuple(hash_attrs)
-    if inspect.iscoroutinefunction(fn):
-        raise StepDefinitionError(f"{fn.__qualname__}: async step functions are not supported")
-    signature = inspect.signature(fn)
-    params = signature.parameters
-    where = f"@step on {fn.__module__}.{fn.__qualname__}"
-    if OUTPUT_PATH not in params:
-        raise StepDefinitionError(
-            f"{where}: the function needs a keyword parameter 'output_path: str' (lmflows fills it)"
-        )
-    if params[OUTPUT_PATH].kind not in (
-        inspect.Parameter.KEYWORD_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    ):
-        raise StepDefinitionError(f"{where}: 'output_path' must be a keyword parameter")
-    for param in params.values():
-        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            raise StepDefinitionError(
-                f"{where}: *{param.name} is not allowed; steps take "
-                "named parameters so that identities are explicit"
-            )
-    unknown = [a for a in hash_attrs if a not in params or a == OUTPUT_PATH]
-    if unknown:
-        raise StepDefinitionError(
-            f"{where}: hash_attrs {unknown} are not parameters of the "
-            f"function (parameters: {[p for p in params if p != OUTPUT_PATH]})"
-        )
-    name_template = name if name is not None else fn.__name__
-    try:
-        fields = template_fields(name_template)
-        missing = [f for f in fields if f not in params or f == OUTPUT_PATH]
-        if missing:
-            raise StepDefinitionError(
-                f"{where}: name template {name_template!r} refers to "
-                f"{missing}, which are not parameters"
-            )
-        validate_name(name_template.format(**{f: "x" for f in fields}))
-    except ValueError as exc:
-        raise StepDefinitionError(f"{where}: invalid step name {name_template!r}: {exc}") from exc
-    for param, value in params.items():  # defaults of hash attributes must be JSON too
-        if param in hash_attrs and value.default is not inspect.Parameter.empty:
-            to_plain(value.default, f"default of hash attribute {param!r} in {where}")
-
-    public_signature = signature.replace(
-        parameters=[p for p in params.values() if p.name != OUTPUT_PATH]
+    definition = define(
+        fn,
+        hash_attrs=hash_attrs,
+        operational=operational,
+        name=name,
+        resources=resources,
+        validate=validate,
     )
-    runner = _make_runner(fn, name_template, hash_attrs, public_signature, validate)
-    policy = StepCachePolicy(name_template=name_template, hash_attrs=hash_attrs).configure(
+    policy = StepCachePolicy(definition=definition).configure(
         lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"
     )
-    task_options.setdefault("name", name_template if not fields else fn.__name__)
-    task_options.setdefault("task_run_name", IdentityRunName(name_template, hash_attrs))
+    task_options.setdefault(
+        "name", definition.name_template if not definition.template_fields else fn.__name__
+    )
+    task_options.setdefault("task_run_name", IdentityRunName(definition))
     task = Step(
-        fn=runner,
+        fn=_make_runner(definition),
         cache_policy=policy,
         persist_result=True,
         result_serializer=records.StepRefSerializer(),
         **task_options,
     )
-    task._lmflows_name = name_template
-    task._lmflows_hash_attrs = hash_attrs
-    task._lmflows_fn = fn
-    task._lmflows_resources = dict(resources) if resources else None
-    task._lmflows_validate = validate
+    task.definition = definition
     return task
 
 

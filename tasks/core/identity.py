@@ -1,7 +1,7 @@
 """Step identity: the one place that turns (name, hash attributes, dependencies) into a hash.
 
-The format is frozen (DESIGN §3): changing anything here invalidates every cache in every
-bucket, so every rule below is deliberate and tested.
+The format is frozen (docs/design.md, "Identity"): changing anything here invalidates every
+cache in every bucket, so every rule below is deliberate and tested.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import enum
 import hashlib
 import json
 import math
+import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import PurePath
 from typing import Any
 
+from tasks.core import walk
 from tasks.core.ref import StepRef
 
 HASH_LENGTH = 10
@@ -70,8 +72,7 @@ def fill_name(template: str, arguments: Mapping[str, Any]) -> str:
     return validate_name(template.format(**values))
 
 
-def to_plain(value: Any, where: str) -> Any:
-    """Convert a hash-attribute value to plain JSON, or raise TypeError naming `where`."""
+def _plain_leaf(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -86,23 +87,6 @@ def to_plain(value: Any, where: str) -> Any:
         return to_plain(value.value, where)
     if isinstance(value, PurePath):
         return str(value)
-    if isinstance(value, (list, tuple)):
-        return [to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, Mapping):
-        plain = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"{where}: dict key {key!r} has type "
-                    f"{type(key).__name__}; only str keys are JSON"
-                )
-            plain[key] = to_plain(item, f"{where}[{key!r}]")
-        return plain
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: to_plain(getattr(value, f.name), f"{where}.{f.name}")
-            for f in dataclasses.fields(value)
-        }
     raise TypeError(
         f"{where}: value of type {type(value).__module__}."
         f"{type(value).__qualname__} is not plain JSON (allowed: dict, list, tuple, str, "
@@ -110,22 +94,14 @@ def to_plain(value: Any, where: str) -> Any:
     )
 
 
-def find_refs(value: Any, found: list[StepRef] | None = None) -> list[StepRef]:
-    """Every StepRef nested anywhere in `value` (lists, tuples, dicts, dataclasses)."""
-    if found is None:
-        found = []
-    if isinstance(value, StepRef):
-        found.append(value)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            find_refs(item, found)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            find_refs(item, found)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            find_refs(getattr(value, f.name), found)
-    return found
+def to_plain(value: Any, where: str) -> Any:
+    """Convert a hash-attribute value to plain JSON, or raise TypeError naming `where`."""
+    return walk.walk(value, _plain_leaf, where, as_json=True)
+
+
+def find_refs(value: Any) -> list[StepRef]:
+    """Every StepRef nested anywhere in `value` (the containers `tasks.core.walk` knows)."""
+    return walk.collect(value, StepRef)
 
 
 def compute_hash(name: str, attrs: dict[str, Any], deps: list[str]) -> str:
@@ -149,18 +125,73 @@ class Identity:
         return f"{self.name}-{self.hash}"
 
 
+class StepArgumentError(ValueError):
+    """A call argument that would give a wrong or unstable identity; raised before any work."""
+
+
 def identify(
-    name_template: str, hash_attrs: tuple[str, ...], arguments: Mapping[str, Any]
+    name_template: str,
+    hash_attrs: Collection[str],
+    arguments: Mapping[str, Any],
+    prefix: str | None = None,
 ) -> Identity:
-    """Compute the identity of a call from its bound arguments (defaults applied)."""
+    """Compute the identity of a call from its bound arguments (defaults applied).
+
+    Only `hash_attrs` enter ATTRS. A StepRef in any other parameter is a `StepArgumentError`
+    (it would be a dependency that does not key the output), and so is a hash-attribute string
+    that is a path under `prefix` (default: the current prefix), which would make the identity
+    depend on where outputs live.
+    """
     name = fill_name(name_template, arguments)
+    prefix = prefix if prefix is not None else _current_prefix()
     attrs: dict[str, Any] = {}
     deps: set[str] = set()
     for param, value in arguments.items():
+        if param not in hash_attrs:
+            if find_refs(value):
+                raise StepArgumentError(
+                    f"step {name!r}: parameter {param!r} receives a step output but is not a "
+                    "hash attribute; declare it in hash_attrs (an input defines the output)"
+                )
+            continue
         refs = find_refs(value)
-        if refs:
-            deps.update(ref.name_with_hash for ref in refs)
-        if refs or param in hash_attrs:
-            attrs[param] = to_plain(value, f"hash attribute {param!r}")
+        deps.update(ref.name_with_hash for ref in refs)
+        attrs[param] = plain = to_plain(value, f"hash attribute {param!r}")
+        _refuse_prefix_paths(name, param, plain, prefix)
     dep_list = sorted(deps)
     return Identity(name, attrs, dep_list, compute_hash(name, attrs, dep_list))
+
+
+def _current_prefix() -> str:
+    from tasks.core import storage
+
+    return storage.current_prefix()
+
+
+def _refuse_prefix_paths(name: str, param: str, plain: Any, prefix: str) -> None:
+    """A string under the prefix is `ref.path` passed where the ref belongs: its identity
+    would change with the prefix (another bucket, region or laptop)."""
+
+    def check(item: Any, where: str) -> Any:
+        if isinstance(item, str) and _under(item, prefix):
+            raise StepArgumentError(
+                f"step {name!r}: hash attribute {where} is {item!r}, a path under the output "
+                f"prefix {prefix}; pass the step's StepRef (or ref.cd('sub/path')) instead of "
+                "its .path, so that the identity does not depend on where outputs live"
+            )
+        return item
+
+    walk.walk(plain, check, param)
+
+
+def _under(text: str, prefix: str) -> bool:
+    if text == prefix or text.startswith(prefix + "/"):
+        return True
+    if "://" in prefix:
+        return False
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if text.startswith(("/", "~", "./", "../")):
+        resolved = os.path.abspath(os.path.expanduser(text))
+        return resolved == prefix or resolved.startswith(prefix + "/")
+    return False

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import psutil
 
-from tasks.core import records, storage
+from tasks.core import storage
 
 logger = logging.getLogger("lmflows.lease")
 
@@ -137,7 +137,7 @@ class _LocalLeases:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(lease_path)
             else:
-                records.write_atomic(lease_path, json.dumps(new).encode())
+                storage.write_atomic(lease_path, json.dumps(new).encode())
             return True
 
 
@@ -222,7 +222,7 @@ class _OtherLeases(_GcsLeases):
     one round trip can both believe they won; use gs:// or local disk for shared prefixes."""
 
     def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
-        records.write_atomic(lease_path, data)
+        storage.write_atomic(lease_path, data)
         return True
 
     def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:

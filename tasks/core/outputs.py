@@ -7,7 +7,7 @@ import shutil
 import time
 import traceback
 
-from tasks.core import records, storage
+from tasks.core import storage
 
 
 def clear_output(out: str) -> None:
@@ -44,7 +44,7 @@ def _remove_local(path: str) -> None:
 def record_failure(out: str, exc: BaseException, started: float) -> None:
     """Best-effort `failed.json` so that `plan` can say 'failed'. Never masks the error."""
     try:
-        records.write_json(
+        storage.write_json(
             storage.join(out, storage.FAILED_FILE),
             {
                 "error": type(exc).__name__,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tasks.core import lease, records, storage
+from tasks.core import lease, records, storage, walk
 from tasks.core.ref import StepRef
 
 _ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("lmflows_plan", default=None)
@@ -98,6 +98,7 @@ def planning() -> Iterator[Plan]:
         _ACTIVE.reset(token)
 
 
+@walk.register_special
 class PlannedFuture:
     """What `.submit()` returns in planning mode: a finished future holding the StepRef."""
 
@@ -128,12 +129,8 @@ class PlannedFutureList(list):
 
 def resolve_planned(value: Any) -> Any:
     """Replace PlannedFutures nested in arguments by their StepRefs."""
-    if isinstance(value, PlannedFuture):
-        return value.ref
-    if isinstance(value, list):
-        return [resolve_planned(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(resolve_planned(v) for v in value)
-    if isinstance(value, dict):
-        return {k: resolve_planned(v) for k, v in value.items()}
-    return value
+    return walk.replace(value, PlannedFuture, _ref_of_future)
+
+
+def _ref_of_future(future: PlannedFuture) -> StepRef:
+    return future.ref

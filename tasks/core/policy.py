@@ -11,7 +11,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.locking.protocol import LockManager
 
 from tasks.core import lease, records, storage
-from tasks.core.identity import identify
+from tasks.core.definition import StepDefinition
 
 
 def _lease_path_of(key: str) -> str | None:
@@ -104,11 +104,17 @@ class StepCachePolicy(CachePolicy):
     Identity never depends on the prefix, so the same key is found in any bucket.
     """
 
-    name_template: str = ""
-    hash_attrs: tuple[str, ...] = ()
+    definition: StepDefinition | None = None
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
-        identity = identify(self.name_template, self.hash_attrs, inputs)
+        assert self.definition is not None
+        try:
+            identity = self.definition.identify_in_run(inputs)
+        except (ValueError, TypeError):
+            # Bad arguments that arrived through futures: no key, so no lease and no cache;
+            # the step body checks the same arguments first and fails the run with the
+            # error. (Raising here would only make Prefect log it and run uncached.)
+            return None
         return storage.commit_key(identity.name_with_hash)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import uuid
 from typing import Any, ClassVar, Literal
 
 from prefect.filesystems import WritableFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from tasks.core import storage
+from tasks.core import lease, storage
 from tasks.core.ref import StepRef
 
 logger = logging.getLogger("lmflows.records")
@@ -131,28 +129,6 @@ def warn_bad_record(exc: Exception) -> None:
         logger.warning(message)
 
 
-def write_atomic(path: str, content: bytes) -> None:
-    """Write a whole file so that readers see the old content or the new, never a part.
-
-    Local: temp file + fsync + rename. Object stores (gs://) replace objects atomically.
-    """
-    fs, fs_path = storage.filesystem(path)
-    if storage.is_local(path):
-        os.makedirs(os.path.dirname(fs_path), exist_ok=True)
-        tmp = f"{fs_path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, fs_path)
-    else:
-        fs.pipe_file(fs_path, content)
-
-
-def write_json(path: str, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
-
-
 def _relative_storage_key(content: bytes, relative: str) -> bytes:
     """Prefect records the absolute path of a record; keep records prefix-free instead, so
     that a copied bucket holds no trace of where it came from (reads use the key anyway)."""
@@ -208,12 +184,10 @@ class StepStorage(WritableFileSystem):
         name_with_hash = storage.name_with_hash_of_key(relative)
         if name_with_hash is None:
             return path
-        from tasks.core import lease
-
         content = _relative_storage_key(content, relative)
         lease.assert_held(storage.meta_path(name_with_hash, storage.LEASE_FILE, self._root()))
         forget(path)
-        write_atomic(path, content)
+        storage.write_atomic(path, content)
         return path
 
     async def aread_path(self, path: str) -> bytes:

@@ -6,8 +6,10 @@ import dataclasses
 from typing import Any
 
 from tasks.core import storage
+from tasks.core.walk import register_special
 
 
+@register_special
 @dataclasses.dataclass(frozen=True)
 class StepRef:
     """A reference to a step's committed output.

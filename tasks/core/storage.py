@@ -6,9 +6,12 @@ Every step output is ``{prefix}/{name}-{hash}``; the framework's own files sit i
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -83,6 +86,28 @@ def read_bytes(url: str) -> bytes:
             return handle.read()
     fs, path = filesystem(url)
     return fs.cat_file(path)
+
+
+def write_atomic(path: str, content: bytes) -> None:
+    """Write a whole file so that readers see the old content or the new, never a part.
+
+    Local: temp file + fsync + rename. Object stores (gs://) replace objects atomically.
+    """
+    fs, fs_path = filesystem(path)
+    if is_local(path):
+        os.makedirs(os.path.dirname(fs_path), exist_ok=True)
+        tmp = f"{fs_path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, fs_path)
+    else:
+        fs.pipe_file(fs_path, content)
+
+
+def write_json(path: str, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
 
 
 def output_dir(name_with_hash: str, prefix: str | None = None) -> str:

@@ -33,7 +33,7 @@ def _log(label: str) -> None:
         os.close(fd)
 
 
-@step(hash_attrs=["n"], name="t/source")
+@step(hash_attrs=["n"], operational=["workers"], name="t/source")
 def source(n: int, workers: int = 1, *, output_path: str) -> dict:
     """`workers` is operational: not a hash attribute."""
     _log(f"source-{n}")
@@ -42,7 +42,7 @@ def source(n: int, workers: int = 1, *, output_path: str) -> dict:
     return {"n": n}
 
 
-@step(hash_attrs=["k"], name="t/derive")
+@step(hash_attrs=["src", "k"], name="t/derive")
 def derive(src: str, k: int = 1, *, output_path: str) -> dict:
     _log(f"derive-{k}")
     time.sleep(float(os.environ.get("LMFLOWS_TEST_SLEEP", "0")))
@@ -51,7 +51,7 @@ def derive(src: str, k: int = 1, *, output_path: str) -> dict:
     return {"sum": sum(v * k for v in data), "src": src}
 
 
-@step(name="t/gather")
+@step(hash_attrs=["parts", "named"], name="t/gather")
 def gather(parts: list, named: dict, *, output_path: str) -> dict:
     _log("gather")
     Path(output_path, "inputs.json").write_text(json.dumps({"parts": parts, "named": named}))
