@@ -11,9 +11,12 @@ from collections.abc import Sequence
 USAGE_EPILOG = """examples:
   python -m flows run demo                 run experiments/demo.py end to end
   python -m flows plan demo                what would run, what is committed; writes nothing
-  python -m flows run demo --force 'train/*'   re-execute matching steps only
-  python -m flows explain demo              why each step misses the cache
+  python -m flows run demo --force 'checkpoints/*'   re-execute matching steps only
+  python -m flows run lr_sweep --param 'learning_rates=[0.001, 0.02]'
+  python -m flows explain demo              why each step would run, and what it re-runs
   python -m flows status --prefix gs://bucket/lm
+  python -m flows show tokenized/kjv-7ec78c5661   one output as JSON
+  python -m flows gc [--delete]             outputs no experiment reaches
 """
 
 
@@ -33,16 +36,29 @@ def _parser() -> argparse.ArgumentParser:
             "default: $LMFLOWS_PREFIX or ~/.lmflows/outputs",
         )
 
+    def add_experiment(p: argparse.ArgumentParser) -> None:
+        p.add_argument("experiment", help="module under experiments/ or path to a .py file")
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a flow parameter (repeatable); VALUE is parsed as JSON, else taken as a string",
+        )
+
+    def add_force(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--force",
+            nargs="+",
+            default=[],
+            metavar="GLOB",
+            help="re-execute steps whose name matches (fnmatch), e.g. 'checkpoints/*'",
+        )
+
     run = sub.add_parser("run", help="run an experiment's flow")
-    run.add_argument("experiment", help="module under experiments/ or path to a .py file")
+    add_experiment(run)
     run.add_argument("--dry-run", action="store_true", help="same as `plan`")
-    run.add_argument(
-        "--force",
-        nargs="+",
-        default=[],
-        metavar="GLOB",
-        help="re-execute steps whose name matches (fnmatch)",
-    )
+    add_force(run)
     run.add_argument(
         "--runner",
         choices=["threads", "ray"],
@@ -64,14 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     add_common(run)
 
     plan = sub.add_parser("plan", help="show what a run would do; runs and writes nothing")
-    plan.add_argument("experiment")
-    plan.add_argument("--force", nargs="+", default=[], metavar="GLOB")
+    add_experiment(plan)
+    add_force(plan)
     add_common(plan)
 
     explain = sub.add_parser(
-        "explain", help="why steps miss the cache: diff against the nearest committed output"
+        "explain",
+        help="why steps would run: the attribute that changed and the steps it re-runs",
     )
-    explain.add_argument("experiment")
+    add_experiment(explain)
     explain.add_argument(
         "--step", default="*", metavar="GLOB", help="only steps whose name matches (fnmatch)"
     )
@@ -79,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="committed steps under a prefix")
     add_common(status)
+
+    show = sub.add_parser("show", help="one committed output as JSON (no code needed)")
+    show.add_argument("name_with_hash", metavar="NAME-HASH")
+    add_common(show)
+
+    gc = sub.add_parser("gc", help="committed outputs that no experiment reaches")
+    gc.add_argument("--delete", action="store_true", help="delete them (default: only list)")
+    add_common(gc)
     return parser
 
 
@@ -97,15 +122,48 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def cmd_plan(experiment: str, force: list[str]) -> int:
+class ArgumentError(ValueError):
+    """A step argument that cannot work, found by planning before anything ran."""
+
+
+def plan_experiment(experiment: str, param_pairs: Sequence[str], force: Sequence[str] = ()):
+    """Load, bind parameters, plan (identities only: milliseconds) and check `--force` globs.
+
+    Every step's argument checks run here, so a bad argument of the last step stops a run
+    before the first step executes."""
     from flows.loader import load_flow
-    from tasks.core import planning, set_force, storage
+    from flows.params import bind, parse
+    from tasks.core import planning, set_force
 
     flow = load_flow(experiment)
+    params = bind(flow, parse(param_pairs))
     set_force(force)
+    try:
+        with planning.planning() as plan:
+            flow.fn(**params)
+    except (ValueError, TypeError) as exc:
+        raise ArgumentError(str(exc)) from exc
+    _check_force_globs(force, plan)
+    return flow, params, plan
+
+
+def _check_force_globs(force: Sequence[str], plan) -> None:
+    import fnmatch
+
+    names = sorted({item.ref.name for item in plan.steps.values()})
+    idle = [g for g in force if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+    if idle:
+        raise ArgumentError(
+            f"--force {' '.join(idle)} matches no step of the plan; its steps are: "
+            + ", ".join(names)
+        )
+
+
+def cmd_plan(experiment: str, force: list[str], param_pairs: Sequence[str] = ()) -> int:
+    from tasks.core import storage
+
     started = time.perf_counter()
-    with planning.planning() as plan:
-        flow.fn()
+    _, _, plan = plan_experiment(experiment, param_pairs, force)
     plan.check_status()
     elapsed = time.perf_counter() - started
     prefix = storage.current_prefix()
@@ -126,41 +184,67 @@ def cmd_plan(experiment: str, force: list[str]) -> int:
     return 0
 
 
-def cmd_explain(experiment: str, step_glob: str) -> int:
+def cmd_explain(experiment: str, step_glob: str, param_pairs: Sequence[str] = ()) -> int:
     import fnmatch
 
-    from flows.loader import load_flow
-    from tasks.core import planning, storage
-    from tasks.core.explain import explain, show
+    from tasks.core import storage
+    from tasks.core.explain import blast_radius, explain_plan, show
 
-    flow = load_flow(experiment)
-    with planning.planning() as plan:
-        flow.fn()
+    _, _, plan = plan_experiment(experiment, param_pairs)
     plan.check_status()
     prefix = storage.current_prefix()
-    for item in plan.steps.values():
+    reasons = explain_plan(plan, prefix)
+    radius = blast_radius(reasons)
+    for key, item in plan.steps.items():
         if not fnmatch.fnmatchcase(item.ref.name, step_glob):
             continue
-        if item.status == "committed":
-            print(f"{item.ref.name_with_hash}: committed (cache hit)")
+        reason = reasons.get(key)
+        if reason is None:
+            print(f"{key}: committed (cache hit)")
             continue
-        result = explain(item.ref.name, item.ref.hash, item.attrs, prefix)
-        if result.nearest is None:
+        if not reason.is_root:
+            changed = ", ".join(
+                f"{d.field}: {show(d.committed)} -> {show(d.planned)}" for d in reason.rekeyed
+            )
             print(
-                f"{item.ref.name_with_hash}: {item.status}; no committed output named "
-                f"{item.ref.name!r} under {prefix}"
+                f"{key}: {reason.status}; only upstream changed"
+                + (f" ({changed})" if changed else "")
+                + f"; root: {', '.join(reason.roots)}"
             )
             continue
-        print(
-            f"{item.ref.name_with_hash}: {item.status}; nearest committed "
-            f"{result.nearest} differs in {len(result.differences)} field(s):"
-        )
-        for difference in result.differences:
+        print(f"{key}: {reason.status}; {_cause(reason, prefix)}")
+        for difference in reason.own_changes:
             print(
                 f"    {difference.field}: {show(difference.committed)} -> "
                 f"{show(difference.planned)}"
             )
+        for difference in reason.rekeyed:
+            print(
+                f"    {difference.field}: {show(difference.committed)} -> "
+                f"{show(difference.planned)} (input re-keyed)"
+            )
+        upstream_roots = [r for r in reason.roots if r != key]
+        if upstream_roots:
+            print(f"    also re-keyed upstream; root: {', '.join(upstream_roots)}")
+        affected = radius.get(key, [key])
+        print(f"    blast radius ({len(affected)} step(s) re-run): {', '.join(affected)}")
     return 0
+
+
+def _cause(reason, prefix: str) -> str:
+    name = reason.name_with_hash.rsplit("-", 1)[0]
+    if reason.forced:
+        return "forced (--force or refresh_cache)"
+    if reason.nearest is None:
+        return f"root cause: no committed output named {name!r} under {prefix} (new step)"
+    if reason.own_changes:
+        return (
+            f"root cause: {len(reason.own_changes)} hash attribute(s) changed against the "
+            f"nearest committed {reason.nearest}:"
+        )
+    if reason.rekeyed:
+        return f"root cause: an input now names another committed output (vs {reason.nearest}):"
+    return f"root cause: not committed ({reason.status}); same attributes as {reason.nearest}"
 
 
 def cmd_run(
@@ -169,15 +253,13 @@ def cmd_run(
     server: str,
     runner: str = "threads",
     ray_address: str | None = None,
+    param_pairs: Sequence[str] = (),
 ) -> int:
-    from flows.loader import load_flow
     from flows.server import ensure_server, ui_url
-    from tasks.core import set_force, storage
+    from tasks.core import storage
 
     prefix = storage.current_prefix()
-    flow = load_flow(experiment)
-    set_force(force)
-    check_arguments(flow)
+    flow, params, _ = plan_experiment(experiment, param_pairs, force)
     _check_writable(prefix)
     api_url = ensure_server(server)
     if runner == "ray":
@@ -194,7 +276,7 @@ def cmd_run(
         flow = flow.with_options(task_runner=ray_task_runner(ray_address))
     if api_url:
         print(f"lmflows: watch it in the Prefect UI: {ui_url(api_url)}/runs")
-    state = _run_flow(flow, api_url)
+    state = _run_flow(flow, api_url, params)
     flow_run_id = state.state_details.flow_run_id
     if api_url and flow_run_id:
         print(f"lmflows: flow run {ui_url(api_url)}/runs/flow-run/{flow_run_id}")
@@ -202,30 +284,14 @@ def cmd_run(
     return 0 if state.is_completed() else 1
 
 
-class ArgumentError(ValueError):
-    """A step argument that cannot work, found by planning before anything ran."""
-
-
-def check_arguments(flow) -> None:
-    """Plan the whole flow first (milliseconds: identities only) so that every step's
-    argument checks run before the first step executes."""
-    from tasks.core import planning
-
-    try:
-        with planning.planning():
-            flow.fn()
-    except (ValueError, TypeError) as exc:
-        raise ArgumentError(str(exc)) from exc
-
-
-def _run_flow(flow, api_url: str | None):
+def _run_flow(flow, api_url: str | None, params: dict):
     """Run the flow against `api_url` (settings are read at import, so override them)."""
     if not api_url:
-        return flow(return_state=True)
+        return flow(return_state=True, **params)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return flow(return_state=True)
+        return flow(return_state=True, **params)
 
 
 def _check_writable(prefix: str) -> None:
@@ -251,6 +317,62 @@ def cmd_status() -> int:
     return 0
 
 
+def cmd_show(name_with_hash: str) -> int:
+    import json
+
+    from tasks.core import storage
+    from tasks.core.inventory import NotCommittedError, describe
+
+    try:
+        description = describe(name_with_hash.strip("/"), storage.current_prefix())
+    except NotCommittedError as exc:
+        print(f"lmflows: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(description, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_gc(delete: bool) -> int:
+    from flows.gc import delete as delete_output
+    from flows.gc import reachable_outputs, unreachable
+    from tasks.core import storage
+
+    prefix = storage.current_prefix()
+    reach = reachable_outputs()
+    for name, error in reach.failures.items():
+        print(
+            f"lmflows: warning: experiment {name} could not be planned ({error}); "
+            "its outputs are listed as unreachable",
+            file=sys.stderr,
+        )
+    if delete and reach.failures:
+        raise ArgumentError(
+            "gc --delete refused: experiments that cannot be planned "
+            f"({', '.join(reach.failures)}) might reach the outputs listed; fix them first"
+        )
+    found = unreachable(reach, prefix)
+    rows = [(s.name_with_hash, _size(s.size_bytes), _age(s.age_seconds)) for s in found]
+    if rows:
+        print(_table(rows, ("UNREACHABLE", "SIZE", "AGE")))
+    total = sum(s.size_bytes for s in found)
+    print(
+        f"{len(found)} committed outputs under {prefix} that no experiment reaches ({_size(total)})"
+    )
+    if not delete:
+        if found:
+            print("nothing deleted; run again with --delete to delete them")
+        return 0
+    skipped = []
+    for item in found:
+        if delete_output(item.name_with_hash, prefix):
+            print(f"deleted {item.name_with_hash}")
+        else:
+            skipped.append(item.name_with_hash)
+            print(f"kept {item.name_with_hash}: a run holds its lease right now")
+    print(f"deleted {len(found) - len(skipped)} outputs, kept {len(skipped)} in use")
+    return 0
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
@@ -269,17 +391,24 @@ def _age(seconds: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from flows.loader import ExperimentError
+    from flows.params import ParameterError
     from tasks.core.storage import PrefixError
 
     try:
         _apply_prefix(args.prefix)
         if args.command == "status":
             return cmd_status()
+        if args.command == "show":
+            return cmd_show(args.name_with_hash)
+        if args.command == "gc":
+            return cmd_gc(args.delete)
         if args.command == "explain":
-            return cmd_explain(args.experiment, args.step)
+            return cmd_explain(args.experiment, args.step, args.param)
         if args.command == "plan" or args.dry_run:
-            return cmd_plan(args.experiment, args.force)
-        return cmd_run(args.experiment, args.force, args.server, args.runner, args.ray_address)
-    except (ExperimentError, PrefixError, ArgumentError) as exc:
+            return cmd_plan(args.experiment, args.force, args.param)
+        return cmd_run(
+            args.experiment, args.force, args.server, args.runner, args.ray_address, args.param
+        )
+    except (ExperimentError, PrefixError, ArgumentError, ParameterError) as exc:
         print(f"lmflows: error: {exc}", file=sys.stderr)
         return 2

@@ -162,7 +162,7 @@ class Step(Task):
         self.check_arguments(params)
         identity = self.identify(params)
         forced = bool(self.refresh_cache) or is_forced(identity.name)
-        return plan.add(_ref_of(identity), self.name, forced, identity.attrs)
+        return plan.add(_ref_of(identity), self.name, forced, identity.attrs, identity.deps)
 
     # -- Prefect entry points -------------------------------------------------------------
 

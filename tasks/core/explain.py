@@ -1,5 +1,6 @@
 """Why a step misses the cache: a field-level diff of its hash attributes against the nearest
-committed output of the same name (DESIGN §9), read from provenance records."""
+committed output of the same name, read from provenance records; over a whole plan, the root
+causes (steps with a change of their own) and the steps each one re-runs."""
 
 from __future__ import annotations
 
@@ -103,3 +104,75 @@ def show(value: Any) -> str:
         if not isinstance(value, (dict, list, str, int, float, bool, type(None)))
         else json.dumps(value)
     )
+
+
+# --- the whole plan: root causes and blast radius ------------------------------------------
+
+_DEP_VALUE = re.compile(r"^(?P<base>.+)-(?P<hash>[0-9a-f]{10})(?P<sub>/.*)?$")
+
+
+@dataclasses.dataclass
+class Reason:
+    """Why one planned step would run."""
+
+    name_with_hash: str
+    status: str
+    forced: bool
+    nearest: str | None
+    own_changes: list[Difference]  # hash attributes that changed (not re-keyed inputs)
+    rekeyed: list[Difference]  # inputs whose upstream identity changed
+    upstream: list[str]  # dependencies that re-run in the same plan
+    roots: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_root(self) -> bool:
+        return self.name_with_hash in self.roots
+
+
+def _rekey_of(difference: Difference, deps: list[str]) -> bool:
+    """A difference that is only an input's upstream identity changing (same step name)."""
+    old, new = difference.committed, difference.planned
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
+    a, b = _DEP_VALUE.match(old), _DEP_VALUE.match(new)
+    return bool(
+        a
+        and b
+        and a["base"] == b["base"]
+        and a["sub"] == b["sub"]
+        and f"{b['base']}-{b['hash']}" in deps
+    )
+
+
+def explain_plan(plan: Any, prefix: str) -> dict[str, Reason]:
+    """For each step of `plan` that would run (missing, failed, running or forced), its own
+    change and the roots it re-runs because of, in plan order. `plan.check_status()` first."""
+    runs = {
+        key: item for key, item in plan.steps.items() if item.status != "committed" or item.forced
+    }
+    reasons: dict[str, Reason] = {}
+    for key, item in runs.items():
+        found = explain(item.ref.name, item.ref.hash, item.attrs, prefix)
+        rekeyed = [d for d in found.differences if _rekey_of(d, item.deps)]
+        own = [d for d in found.differences if d not in rekeyed]
+        upstream = [dep for dep in item.deps if dep in runs]
+        reasons[key] = Reason(key, item.status, item.forced, found.nearest, own, rekeyed, upstream)
+    for key in reasons:  # plan order is call order: upstream steps come first
+        reason = reasons[key]
+        # A root has a cause of its own: forced, a changed attribute, or nothing upstream
+        # re-runs (new, failed, deleted, or an input re-keyed to an existing output).
+        own_cause = reason.forced or bool(reason.own_changes) or not reason.upstream
+        roots = [key] if own_cause else []
+        for dep in reason.upstream:
+            roots += [r for r in reasons[dep].roots if r not in roots]
+        reason.roots = roots
+    return reasons
+
+
+def blast_radius(reasons: dict[str, Reason]) -> dict[str, list[str]]:
+    """Root step -> every step of the plan that re-runs because of it (itself included)."""
+    radius: dict[str, list[str]] = {}
+    for key, reason in reasons.items():
+        for root in reason.roots:
+            radius.setdefault(root, []).append(key)
+    return radius

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -80,3 +81,56 @@ def _timestamp(value: object) -> float:
         except ValueError:
             return 0.0
     return 0.0
+
+
+class NotCommittedError(LookupError):
+    """`describe` of an output that has no valid commit record."""
+
+
+def describe(name_with_hash: str, prefix: str | None = None) -> dict:
+    """Everything known about one committed output, without the code that made it:
+    ``{"name", "hash", "path", "metadata", "provenance", "files": [{"path", "bytes"}]}``.
+
+    Raises NotCommittedError when `name_with_hash` is not committed under the prefix.
+    """
+    prefix = prefix or storage.current_prefix()
+    ref = records.read_commit(name_with_hash, prefix)
+    if ref is None:
+        raise NotCommittedError(f"{name_with_hash} is not committed under {prefix}")
+    out = storage.output_dir(name_with_hash, prefix)
+    try:
+        provenance = json.loads(
+            storage.read_bytes(storage.meta_path(name_with_hash, storage.PROVENANCE_FILE, prefix))
+        )
+    except (FileNotFoundError, ValueError):
+        provenance = None
+    return {
+        "name": ref.name,
+        "hash": ref.hash,
+        "path": out,
+        "metadata": ref.metadata,
+        "provenance": provenance,
+        "files": list_files(out),
+    }
+
+
+def list_files(out: str) -> list[dict]:
+    """The output's own files (not `.lmflows/`), relative paths with sizes; links not followed."""
+    files = []
+    if storage.is_local(out):
+        for root, dirs, names in os.walk(out):
+            dirs[:] = sorted(d for d in dirs if root != out or d != storage.META_DIR)
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                try:
+                    size = os.lstat(path).st_size
+                except FileNotFoundError:
+                    continue
+                files.append({"path": os.path.relpath(path, out), "bytes": size})
+        return files
+    fs, base = storage.filesystem(out)
+    meta = f"{base.rstrip('/')}/{storage.META_DIR}/"
+    for path, info in sorted(fs.find(base, detail=True).items()):
+        if not path.startswith(meta):
+            files.append({"path": path[len(base.rstrip("/")) + 1 :], "bytes": info.get("size")})
+    return files

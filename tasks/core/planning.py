@@ -26,6 +26,7 @@ class PlannedStep:
     forced: bool = False
     status: str = "unknown"
     attrs: dict = dataclasses.field(default_factory=dict)
+    deps: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -34,11 +35,18 @@ class Plan:
 
     steps: dict[str, PlannedStep] = dataclasses.field(default_factory=dict)
 
-    def add(self, ref: StepRef, task_name: str, forced: bool, attrs: dict | None = None) -> StepRef:
+    def add(
+        self,
+        ref: StepRef,
+        task_name: str,
+        forced: bool,
+        attrs: dict | None = None,
+        deps: list[str] | None = None,
+    ) -> StepRef:
         known = self.steps.get(ref.name_with_hash)
         if known is None:
             self.steps[ref.name_with_hash] = PlannedStep(
-                ref, task_name, forced, "unknown", attrs or {}
+                ref, task_name, forced, "unknown", attrs or {}, list(deps or ())
             )
         else:
             known.forced = known.forced or forced
