@@ -109,22 +109,3 @@ def test_plan_does_not_contact_prefect(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert os.listdir(tmp_path) == []
-
-
-def test_explain_names_the_field_that_changed(tmp_path):
-    prefix = tmp_path / "out"
-    run = flows_cli("run", "tests/data/file_experiment.py", "--prefix", str(prefix))
-    assert run.returncode == 0, run.stderr[-3000:]
-    before = snapshot(prefix)
-    result = flows_cli("explain", "tests/data/file_experiment_k8.py", "--prefix", str(prefix))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    source = next(ln for ln in lines if ln.startswith("t/source-"))
-    assert source.endswith("committed (cache hit)")
-    derive = lines.index(next(ln for ln in lines if ln.startswith("t/derive-")))
-    assert "missing; nearest committed t/derive-" in lines[derive]
-    assert "differs in 1 field(s)" in lines[derive]
-    assert lines[derive + 1].strip() == "k: 7 -> 8"
-    assert snapshot(prefix) == before, "explain must not write anything"
-    nothing = flows_cli("explain", "toy", "--prefix", str(prefix))
-    assert "no committed output named 'toy/numbers'" in nothing.stdout

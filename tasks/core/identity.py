@@ -181,7 +181,7 @@ def _refuse_prefix_paths(name: str, param: str, plain: Any, prefix: str) -> None
             )
         return item
 
-    walk.walk(plain, check, param)
+    walk.walk(plain, check, repr(param))
 
 
 def _under(text: str, prefix: str) -> bool:
