@@ -1,4 +1,4 @@
-"""Task runners for `python -m flows run --runner ...` (DESIGN §7).
+"""Task runners for `python -m flows run --runner ...` (docs/design.md §8).
 
 With Ray, each step's whole Prefect task engine runs on a Ray worker: it takes the lease,
 writes the output and the commit record there. So workers need the same prefix (shared

@@ -1,4 +1,4 @@
-"""Which Prefect API a command-line run talks to (DESIGN §8).
+"""Which Prefect API a command-line run talks to (docs/design.md §9).
 
 An ephemeral server costs ~13 s per process on these machines, a running one ~0.5 s, so the
 default is to reuse a local server, or start one in the background once and keep it. A user

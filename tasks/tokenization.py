@@ -2,7 +2,7 @@
 
 Why in-process `SerialCacheWriter` and not levanter's Ray cache builder: at its defaults the
 Ray builder asks for 4 CPUs + 6 GiB per copy task and waits forever on a 2-CPU machine, and it
-is ~25x slower here for small corpora (measured in ../shared/NOTES.md). The expensive part of
+is ~25x slower here for small corpora (measured on this 2-core machine). The expensive part of
 tokenizing is the Rust tokenizer, which already spreads a batch over every core; the cache
 write is a small sequential append. On a cluster, parallelism comes from running one tokenize
 step per dataset (each a Ray task through Prefect's task runner), which keeps each cache

@@ -105,7 +105,7 @@ def find_refs(value: Any) -> list[StepRef]:
 
 
 def compute_hash(name: str, attrs: dict[str, Any], deps: list[str]) -> str:
-    """The frozen hash format of DESIGN §3."""
+    """The frozen hash format (docs/design.md §3)."""
     payload = {"name": name, "attrs": attrs, "deps": deps}
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(encoded.encode()).hexdigest()[:HASH_LENGTH]

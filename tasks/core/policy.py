@@ -99,7 +99,7 @@ class LeaseLockManager(LockManager):
 
 @dataclasses.dataclass
 class StepCachePolicy(CachePolicy):
-    """Cache key = the step identity's commit path, relative to the prefix (DESIGN §3/§4).
+    """Cache key = the step identity's commit path, relative to the prefix (docs/design.md §3, §4).
 
     Identity never depends on the prefix, so the same key is found in any bucket.
     """

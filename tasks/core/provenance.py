@@ -1,4 +1,4 @@
-"""Provenance records: what produced an output, written beside its commit (DESIGN §9)."""
+"""Provenance records: what produced an output, written beside its commit (docs/design.md §10)."""
 
 from __future__ import annotations
 
