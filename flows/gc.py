@@ -13,7 +13,7 @@ import uuid
 
 from tasks.core import lease, records, storage
 from tasks.core.inventory import CommittedStep, committed_steps
-from tasks.core.outputs import clear_output
+from tasks.core.outputs import delete_output
 
 
 @dataclasses.dataclass
@@ -51,20 +51,14 @@ def unreachable(reach: Reach, prefix: str) -> list[CommittedStep]:
 def delete(name_with_hash: str, prefix: str) -> bool:
     """Delete a committed output under its own lease; False (nothing touched) when another
     process holds a live lease on it, i.e. a run is writing or re-committing it right now."""
-    lease_path = storage.meta_path(name_with_hash, storage.LEASE_FILE, prefix)
+    lease_path = storage.lease_path(name_with_hash, prefix)
     holder = f"gc-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if not lease.try_acquire(lease_path, holder):
         return False
     try:
-        commit = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
-        records.forget(commit)
-        fs, path = storage.filesystem(commit)
-        try:
-            fs.rm_file(path)  # first: from here on nobody treats the output as done
-        except FileNotFoundError:
-            pass
-        lease.assert_held(lease_path)
-        clear_output(storage.output_dir(name_with_hash, prefix))
+        records.forget(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
+        with lease.fenced(lease_path):
+            delete_output(name_with_hash, prefix)
     finally:
         lease.release(lease_path, holder)
     return True

@@ -3,6 +3,7 @@ corrupt and planted records, copied buckets, --force."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import pytest
 from prefect import flow
 from prefect.states import State
 
-from tasks.core import StepRef, set_force
+from tasks.core import StepRef, set_force, storage
 from tests.helpers import steps
 
 
@@ -74,7 +75,12 @@ def test_commit_record_is_json_inside_the_output_and_provenance_sits_beside_it(p
     assert prov["flow_run_id"] and prov["task_run_id"]
     assert prov["packages"]["prefect"].startswith("3.")
     assert prov["ended_at"] >= prov["started_at"]
-    assert not (meta / "lease.json").exists(), "lease is released after commit"
+    assert not Path(storage.lease_path(b.name_with_hash)).exists(), "lease released at commit"
+    manifest = json.loads(record["result"])["manifest"]
+    data = Path(b.path, "data.json").read_bytes()
+    assert manifest == {
+        "files": {"data.json": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+    }
     assert not list(Path(prefix).glob("*-*-*-*-*")), "no stray Prefect records at the root"
 
 
@@ -108,15 +114,22 @@ def test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing(
     monkeypatch.setenv("LMFLOWS_TEST_FAIL", "1")
     failed = one(return_state=True)
     assert failed.is_failed()
-    out = Path(steps.flaky.ref_for("f").path)
-    assert not (out / ".lmflows/commit.json").exists()
-    assert json.loads((out / ".lmflows/failed.json").read_text())["error"] == "RuntimeError"
-    (out / "stale-from-dead-attempt.bin").write_bytes(b"x")
+    ref = steps.flaky.ref_for("f")
+    out = Path(ref.path)
+    assert not out.exists(), "a failed attempt publishes nothing"
+    failed_record = Path(storage.failed_path(ref.name_with_hash))
+    assert json.loads(failed_record.read_text())["error"] == "RuntimeError"
+    staging = Path(storage.staging_root(ref.name_with_hash))
+    assert not staging.exists() or not list(staging.iterdir()), "its staging is discarded"
+    dead = staging / "attempt-of-a-killed-process"  # what a SIGKILLed attempt leaves
+    dead.mkdir(parents=True)
+    (dead / "stale-from-dead-attempt.bin").write_bytes(b"x")
     monkeypatch.setenv("LMFLOWS_TEST_FAIL", "0")
     ok = one()
     assert ok.name == "Completed"
     assert sorted(p.name for p in out.iterdir()) == [".lmflows", "done.txt", "partial.txt"]
-    assert not (out / ".lmflows/failed.json").exists()
+    assert not failed_record.exists()
+    assert not staging.exists()
     assert calls(call_log) == ["flaky-f", "flaky-f"]
 
 

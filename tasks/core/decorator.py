@@ -16,10 +16,9 @@ from prefect import Task
 from prefect.futures import PrefectFuture
 from prefect.utilities.callables import get_call_parameters
 
-from tasks.core import lease, planning, provenance, records, storage, walk
+from tasks.core import lease, manifest, outputs, planning, provenance, records, storage, walk
 from tasks.core.definition import OUTPUT_PATH, StepDefinition, StepDefinitionError, define
 from tasks.core.identity import Identity, to_plain
-from tasks.core.outputs import clear_output, record_failure
 from tasks.core.policy import LeaseLockManager, StepCachePolicy
 from tasks.core.ref import StepRef
 
@@ -74,30 +73,32 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
         definition.check(params)
         identity = definition.identify_in_run(params)
         prefix = storage.current_prefix()
-        out = storage.output_dir(identity.name_with_hash, prefix)
-        lease_path = storage.meta_path(identity.name_with_hash, storage.LEASE_FILE, prefix)
-        lease.assert_held(lease_path)  # never clear a directory another holder owns
-        clear_output(out)
+        lease_path = storage.lease_path(identity.name_with_hash, prefix)
+        lease.assert_held(lease_path)  # never touch an output another holder owns
+        attempt = outputs.begin(identity.name_with_hash, prefix)
         started = time.time()
         notes, token = provenance.collecting_notes()
         try:
-            value = fn(**refs_to_paths(params), **{OUTPUT_PATH: out})
+            value = fn(**refs_to_paths(params), **{OUTPUT_PATH: attempt.write_path})
             metadata = (
                 {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
             )
+            # Fencing: a holder that lost its lease fails here, before it writes anything of
+            # the framework's; the commit (StepStorage) is fenced again.
+            lease.assert_held(lease_path)
+            storage.write_json(
+                storage.join(attempt.write_path, storage.PROVENANCE_FILE),
+                provenance.build(identity, fn, started, time.time(), prefix, notes),
+            )
+            attempt.manifest = manifest.build(attempt.write_path)
         except BaseException as exc:
             if lease.holds(lease_path):  # a holder that lost its lease leaves no trace
-                record_failure(out, exc, started)
+                outputs.record_failure(attempt, exc, started)
+            outputs.abandon(attempt)
             raise
         finally:
             provenance.stop_collecting(token)
-        # Fencing: a holder that lost its lease fails here, before it writes anything of the
-        # framework's; the commit write itself is checked again in StepStorage.
-        lease.assert_held(lease_path)
-        storage.write_json(
-            storage.join(out, storage.PROVENANCE_FILE),
-            provenance.build(identity, fn, started, time.time(), prefix, notes),
-        )
+        outputs.set_pending(attempt)  # committed by StepStorage when Prefect writes the record
         return StepRef(identity.name, identity.hash, metadata=metadata)
 
     run_step.__signature__ = signature  # type: ignore[attr-defined]
@@ -143,17 +144,23 @@ class Step(Task):
         """The step's own argument checks (``@step(validate=...)``), before any work."""
         self.definition.check(params)
 
-    def _prepare(self, params: dict[str, Any]) -> Identity | None:
-        """Validate a call before Prefect's engine starts; apply --force / refresh_cache."""
+    def _prepare(self, params: dict[str, Any]) -> Step:
+        """Validate a call before Prefect's engine starts; return the task to run it with.
+
+        `--force`: the first call of a matching identity in this process runs with
+        `refresh_cache=True` (Prefect overwrites the record; the lock manager sees the flag
+        and takes the lease instead of serving the old commit), later calls are cached. The
+        old output stays committed until the new one replaces it in one step."""
         if _has_future(params):
-            return None  # identity known once upstream futures resolve (checked again there)
+            return self  # identity known once upstream futures resolve (checked again there)
         self.check_arguments(params)
         identity = self.identify(params)
-        forced = self.refresh_cache or is_forced(identity.name)
-        if forced and identity.name_with_hash not in _FORCED_DONE:
-            _FORCED_DONE.add(identity.name_with_hash)
-            _uncommit(identity.name_with_hash)
-        return identity
+        if self.refresh_cache or not is_forced(identity.name):
+            return self
+        if identity.name_with_hash in _FORCED_DONE:
+            return self
+        _FORCED_DONE.add(identity.name_with_hash)
+        return self.with_options(refresh_cache=True)
 
     def _plan(self, params: dict[str, Any]) -> StepRef:
         plan = planning.active_plan()
@@ -177,22 +184,22 @@ class Step(Task):
             future = self.submit(*args, wait_for=wait_for, **kwargs)
             future.wait()
             return future.state if return_state else future.result()
-        self._prepare(params)
-        return super().__call__(*args, return_state=return_state, wait_for=wait_for, **kwargs)
+        task = self._prepare(params)
+        return Task.__call__(task, *args, return_state=return_state, wait_for=wait_for, **kwargs)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         call_kwargs = {k: v for k, v in kwargs.items() if k not in ("return_state", "wait_for")}
         params = self.bind(args, call_kwargs)
         if planning.active_plan() is not None:
             return planning.PlannedFuture(self._plan(params))
-        self._prepare(params)
+        task = self._prepare(params)
         resources = self.definition.resources
         if resources and _flow_runs_on_ray():
             from prefect_ray.context import remote_options
 
             with remote_options(**resources):
-                return super().submit(*args, **kwargs)
-        return super().submit(*args, **kwargs)
+                return Task.submit(task, *args, **kwargs)
+        return Task.submit(task, *args, **kwargs)
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
         from prefect.utilities.callables import expand_mapping_parameters
@@ -218,9 +225,9 @@ class Step(Task):
         )
         if planning.active_plan() is not None:
             return planning.PlannedFutureList(planning.PlannedFuture(self._plan(c)) for c in calls)
-        for call in calls:
-            self._prepare(call)
-        return super().map(*args, **options, **kwargs)
+        variants = [self._prepare(call) for call in calls]
+        task = next((t for t in variants if t is not self), self)  # any forced: all refresh
+        return Task.map(task, *args, **options, **kwargs)
 
     def with_options(self, **options: Any) -> Step:
         if "cache_policy" in options or "cache_key_fn" in options:
@@ -276,17 +283,6 @@ def _unwrap(value: Any) -> Any:
 
 def _ref_of(identity: Identity) -> StepRef:
     return StepRef(identity.name, identity.hash)
-
-
-def _uncommit(name_with_hash: str) -> None:
-    """Remove a commit record so the next run of the step executes (under its lease)."""
-    path = storage.meta_path(name_with_hash, storage.COMMIT_FILE)
-    records.forget(path)
-    fs, fs_path = storage.filesystem(path)
-    try:
-        fs.rm_file(fs_path)
-    except FileNotFoundError:
-        pass
 
 
 # --- the decorator ------------------------------------------------------------------------

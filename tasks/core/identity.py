@@ -22,7 +22,12 @@ from tasks.core import walk
 from tasks.core.ref import StepRef
 
 HASH_LENGTH = 10
-_SEGMENT = re.compile(r"^[a-z0-9_.\-]+$")
+_SEGMENT = re.compile(r"[a-z0-9_.\-]+")
+_OUTPUT_SEGMENT = re.compile(r".+-[0-9a-f]{10}")
+# Path limits: a segment well under the 255 bytes filesystems allow, leaving room for
+# "-HASH" and the framework's suffixes; the whole name well under PATH_MAX with a prefix.
+MAX_SEGMENT_LENGTH = 120
+MAX_NAME_LENGTH = 500
 
 
 class StepNameError(ValueError):
@@ -35,12 +40,32 @@ def validate_name(name: str) -> str:
         raise StepNameError(f"step name must be a non-empty string, got {name!r}")
     if name.startswith("/") or name.endswith("/"):
         raise StepNameError(f"step name {name!r} must not start or end with '/'")
-    for segment in name.split("/"):
+    if len(name) > MAX_NAME_LENGTH:
+        raise StepNameError(
+            f"step name {name[:60]!r}... is {len(name)} characters; at most {MAX_NAME_LENGTH}"
+        )
+    segments = name.split("/")
+    for position, segment in enumerate(segments):
         if not segment:
             raise StepNameError(f"step name {name!r} has an empty path segment")
         if segment in (".", ".."):
             raise StepNameError(f"step name {name!r} has a {segment!r} path segment")
-        if not _SEGMENT.match(segment):
+        if len(segment) > MAX_SEGMENT_LENGTH:
+            raise StepNameError(
+                f"step name {name!r}: segment {segment[:40]!r}... is {len(segment)} "
+                f"characters; at most {MAX_SEGMENT_LENGTH}"
+            )
+        if segment.startswith("."):
+            raise StepNameError(
+                f"step name {name!r}: segment {segment!r} starts with '.' (reserved for "
+                "lmflows' own folders)"
+            )
+        if position < len(segments) - 1 and _OUTPUT_SEGMENT.fullmatch(segment):
+            raise StepNameError(
+                f"step name {name!r} would put an output inside the output {segment!r} of "
+                "another step (a StepRef used in a name template?)"
+            )
+        if not _SEGMENT.fullmatch(segment):
             bad = sorted({c for c in segment if not re.match(r"[a-z0-9_.\-]", c)})
             raise StepNameError(
                 f"step name {name!r} has characters {''.join(bad)!r}; "

@@ -30,20 +30,31 @@ def committed_steps(prefix: str | None = None) -> list[CommittedStep]:
 
 def _local(prefix: str) -> list[CommittedStep]:
     found = []
-    for root, dirs, _files in os.walk(prefix):
+    for root, dirs, _files in os.walk(prefix):  # never follows directory links
         commit = os.path.join(root, storage.COMMIT_FILE)
         if storage.META_DIR in dirs and os.path.isfile(commit):
             dirs[:] = []  # an output directory: never descend into its files
             name_with_hash = os.path.relpath(root, prefix)
             if records.read_commit(name_with_hash, prefix) is None:
                 continue
-            size = sum(
-                os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(root) for f in fs
+            found.append(
+                CommittedStep(name_with_hash, root, _tree_bytes(root), os.path.getmtime(commit))
             )
-            found.append(CommittedStep(name_with_hash, root, size, os.path.getmtime(commit)))
         else:
             dirs[:] = [d for d in dirs if d != storage.META_DIR]
     return found
+
+
+def _tree_bytes(root: str) -> int:
+    """Bytes under `root`, counting links as links (a dangling one is no error)."""
+    total = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 def _remote(prefix: str) -> list[CommittedStep]:
@@ -54,7 +65,12 @@ def _remote(prefix: str) -> list[CommittedStep]:
     except FileNotFoundError:
         return []
     suffix = "/" + storage.COMMIT_FILE
-    outputs = {p[: -len(suffix)]: info for p, info in listing.items() if p.endswith(suffix)}
+    own = f"{base.rstrip('/')}/{storage.META_DIR}/"  # leases, staging: not outputs
+    outputs = {
+        p[: -len(suffix)]: info
+        for p, info in listing.items()
+        if p.endswith(suffix) and not p.startswith(own)
+    }
     found = []
     for out, info in outputs.items():
         name_with_hash = out[len(base.rstrip("/")) + 1 :]

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -45,17 +46,58 @@ class LeaseLostError(RuntimeError):
     """This process no longer holds the lease of a step: it must not write or commit."""
 
 
+# The longest lease a setting may ask for, and so the furthest ahead a lease written by any
+# lmflows process can claim to expire (plus CLOCK_SKEW_SECONDS between hosts). A lease file
+# claiming more is not trusted: otherwise one planted file blocks a step forever.
+MAX_LEASE_SECONDS = 86400.0
+CLOCK_SKEW_SECONDS = 300.0
+
+
+class LeaseSettingError(ValueError):
+    """LMFLOWS_LEASE_SECONDS is not a usable number of seconds."""
+
+
 def lease_seconds() -> float:
+    """The lease length in force; LeaseSettingError naming the variable if it is unusable."""
     raw = os.environ.get(LEASE_SECONDS_ENV)
-    if not raw:
+    if raw is None or not raw.strip():
         return DEFAULT_LEASE_SECONDS
     try:
         value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{LEASE_SECONDS_ENV}={raw!r} is not a number of seconds") from exc
-    if value <= 0:
-        raise ValueError(f"{LEASE_SECONDS_ENV}={raw!r} must be positive")
+    except ValueError:
+        raise LeaseSettingError(f"{LEASE_SECONDS_ENV}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_LEASE_SECONDS:
+        raise LeaseSettingError(
+            f"{LEASE_SECONDS_ENV}={raw!r} must be a finite number of seconds above 0 and at "
+            f"most {MAX_LEASE_SECONDS:.0f}"
+        )
     return value
+
+
+def _valid(lease: Any, where: str) -> dict[str, Any]:
+    """A lease body as written by `_lease_body`, or {} (expired) with a warning."""
+    if lease is None:
+        return {}
+    problem = None
+    if not isinstance(lease, dict):
+        problem = f"is a {type(lease).__name__}, not an object"
+    else:
+        expires = lease.get("expires_at")
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+            problem = f"has expires_at={expires!r}, not a number"
+        elif not math.isfinite(expires):
+            problem = f"has a non-finite expires_at={expires!r}"
+        elif expires > time.time() + MAX_LEASE_SECONDS + CLOCK_SKEW_SECONDS:
+            problem = (
+                f"claims an expiry {expires - time.time():.0f} s ahead, beyond any lease "
+                f"lmflows writes ({MAX_LEASE_SECONDS:.0f} s)"
+            )
+        elif not isinstance(lease.get("token"), str):
+            problem = "has no token"
+    if problem is None:
+        return lease
+    logger.warning("lease %s %s; treating it as expired", where, problem)
+    return {}
 
 
 def _process_started(pid: int) -> float | None:
@@ -80,10 +122,11 @@ def _holder_is_dead(lease: dict[str, Any]) -> bool:
 
 
 def is_live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
+    """Whether a lease (as returned by `read`, so already validated) binds anyone now."""
     if not lease:
         return False
     now = time.time() if now is None else now
-    return float(lease.get("expires_at", 0)) > now and not _holder_is_dead(lease)
+    return float(lease["expires_at"]) > now and not _holder_is_dead(lease)
 
 
 # --- backends: conditional read-modify-write of one small JSON object ---------------------
@@ -103,7 +146,7 @@ class _LocalLeases:
 
     @contextlib.contextmanager
     def _guard(self, lease_path: str) -> Iterator[None]:
-        guard = lease_path[: -len("lease.json")] + "lease.guard"
+        guard = lease_path[: -len(".json")] + ".guard"
         os.makedirs(os.path.dirname(guard), exist_ok=True)
         fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -117,11 +160,17 @@ class _LocalLeases:
     def read(self, lease_path: str) -> dict[str, Any] | None:
         try:
             with open(lease_path, "rb") as handle:
-                return json.loads(handle.read())
+                content = handle.read()
         except FileNotFoundError:
             return None
-        except ValueError:
-            return {}  # unreadable lease: treated as expired
+        return _valid(_json_or_none(content), lease_path)
+
+    @contextlib.contextmanager
+    def fenced(self, lease_path: str, token: str) -> Iterator[bool]:
+        """Yield whether `token` holds the lease, with takeovers excluded meanwhile."""
+        with self._guard(lease_path):
+            current = self.read(lease_path) or {}
+            yield current.get("token") == token and float(current["expires_at"]) > time.time()
 
     def replace_if(
         self,
@@ -154,14 +203,17 @@ class _GcsLeases:
             content = fs.cat_file(path)
         except FileNotFoundError:
             return None, "0"
-        try:
-            lease = json.loads(content)
-        except ValueError:
-            lease = {}
-        return lease, str(info.get("generation") or "")
+        return _valid(_json_or_none(content), lease_path), str(info.get("generation") or "")
 
     def read(self, lease_path: str) -> dict[str, Any] | None:
         return self._read_with_generation(lease_path)[0]
+
+    @contextlib.contextmanager
+    def fenced(self, lease_path: str, token: str) -> Iterator[bool]:
+        """Object stores cannot exclude a takeover during the caller's write: this is a
+        check, and the window between it and the write stays (see docs/steps.md)."""
+        current = self.read(lease_path) or {}
+        yield current.get("token") == token and float(current["expires_at"]) > time.time()
 
     def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
         fs, path = self._fs(lease_path)
@@ -228,11 +280,17 @@ class _OtherLeases(_GcsLeases):
     def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
         fs, path = self._fs(lease_path)
         try:
-            return json.loads(fs.cat_file(path)), ""
+            content = fs.cat_file(path)
         except FileNotFoundError:
             return None, ""
-        except ValueError:
-            return {}, ""
+        return _valid(_json_or_none(content), lease_path), ""
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return "unreadable JSON"
 
 
 def _backend(lease_path: str):
@@ -347,4 +405,21 @@ def assert_held(lease_path: str) -> None:
 
 
 def read(lease_path: str) -> dict[str, Any] | None:
+    """The lease at `lease_path`: None if absent, {} if malformed or untrusted (= expired)."""
     return _backend(lease_path).read(lease_path)
+
+
+@contextlib.contextmanager
+def fenced(lease_path: str) -> Iterator[None]:
+    """Run the body only while this process holds the lease: LeaseLostError otherwise. On
+    local disk no takeover can happen during the body (it runs under the lease guard)."""
+    held = _HELD.get(lease_path)
+    if held is None or held.lost or time.time() >= held.expires_at:
+        if held is not None:
+            held.lost = True
+        raise LeaseLostError(f"lease {lease_path} expired or was taken over; refusing to commit")
+    with _backend(lease_path).fenced(lease_path, held.token) as ours:
+        if not ours:
+            held.lost = True
+            raise LeaseLostError(f"lease {lease_path} was taken over; refusing to commit")
+        yield

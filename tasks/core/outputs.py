@@ -1,51 +1,173 @@
-"""Output directories: clearing what a dead attempt left, and recording failures."""
+"""Output directories: per-attempt staging, publishing at commit, failure records.
+
+Local disk: each attempt writes into its own staging directory under
+`{prefix}/.lmflows/staging/`; the commit moves it into place with one rename (an atomic swap
+with `renameat2(RENAME_EXCHANGE)` when an older version is being replaced). A holder that
+lost its lease (paused, frozen VM, a `--force` race) can only ever write into its own staging
+directory, and a reader sees the old output or the new one, never a mix.
+
+gs:// has no rename: an attempt writes into the output directory itself after clearing it,
+and what guards a committed output there is fencing plus the manifest's generations (see
+docs/steps.md for exactly what that guarantees).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import dataclasses
+import errno
 import os
 import shutil
+import threading
 import time
 import traceback
+import uuid
+from typing import Any
 
 from tasks.core import storage
 
 
-def clear_output(out: str) -> None:
-    """Remove everything in an output directory except the lease files.
+class OutputPathError(ValueError):
+    """An output location that lmflows refuses to write (e.g. a symlink out of the prefix)."""
 
-    Called only by the lease holder, before the step function runs, so no half-written file
-    of an earlier attempt can be mixed into the new output.
-    """
-    keep = {storage.join(out, k) for k in storage.KEEP_ON_CLEAR}
-    if storage.is_local(out):
-        os.makedirs(out, exist_ok=True)
-        for entry in os.scandir(out):
-            if entry.name == storage.META_DIR and entry.is_dir(follow_symlinks=False):
-                for meta in os.scandir(entry.path):
-                    if meta.path not in keep:
-                        _remove_local(meta.path)
-            else:
-                _remove_local(entry.path)
+
+@dataclasses.dataclass
+class Attempt:
+    """Where one attempt of a step writes, and what it will commit."""
+
+    name_with_hash: str
+    prefix: str
+    write_path: str  # what the step function receives as output_path
+    staged: bool  # True: write_path is a staging directory moved into place at commit
+    manifest: dict[str, Any] | None = None
+
+
+# name-with-hash -> the attempt this process is about to commit (set by the step body,
+# consumed by the commit-record write in the same task run).
+_PENDING: dict[tuple[str, str], Attempt] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def refuse_symlinked_output(name_with_hash: str, prefix: str) -> None:
+    """An output directory that is a link could point anywhere: never write through it."""
+    if not storage.is_local(prefix):
         return
-    fs, fs_path = storage.filesystem(out)
-    protocol = out.split("://", 1)[0]
-    doomed = [p for p in fs.find(fs_path) if f"{protocol}://{p}" not in keep]
-    if doomed:
-        fs.rm(doomed)
+    path = storage.output_dir(name_with_hash, prefix)
+    parts = name_with_hash.split("/")
+    for depth in range(1, len(parts) + 1):
+        candidate = os.path.join(prefix, *parts[:depth])
+        if os.path.islink(candidate):
+            raise OutputPathError(
+                f"output {path}: {candidate} is a symbolic link; lmflows never writes through "
+                "links (remove it, or point LMFLOWS_PREFIX at the real folder)"
+            )
 
 
-def _remove_local(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
+def begin(name_with_hash: str, prefix: str) -> Attempt:
+    """Prepare a fresh place for this attempt (the caller holds the step's lease)."""
+    refuse_symlinked_output(name_with_hash, prefix)
+    if storage.is_local(prefix):
+        root = storage.staging_root(name_with_hash, prefix)
+        _discard_local(root)  # what dead attempts left; nobody else holds the lease
+        write_path = os.path.join(root, uuid.uuid4().hex[:12])
+        os.makedirs(write_path)
+        return Attempt(name_with_hash, prefix, write_path, staged=True)
+    out = storage.output_dir(name_with_hash, prefix)
+    fs, path = storage.filesystem(out)
+    with contextlib.suppress(FileNotFoundError):
+        doomed = fs.find(path)
+        if doomed:
+            fs.rm(doomed)
+    return Attempt(name_with_hash, prefix, out, staged=False)
+
+
+def set_pending(attempt: Attempt) -> None:
+    with _PENDING_LOCK:
+        _PENDING[(attempt.prefix, attempt.name_with_hash)] = attempt
+
+
+def take_pending(prefix: str, name_with_hash: str) -> Attempt | None:
+    with _PENDING_LOCK:
+        return _PENDING.pop((prefix, name_with_hash), None)
+
+
+def abandon(attempt: Attempt) -> None:
+    """Remove a failed attempt's staging directory (a gs:// attempt leaves its files)."""
+    with _PENDING_LOCK:
+        _PENDING.pop((attempt.prefix, attempt.name_with_hash), None)
+    if attempt.staged:
+        _discard_local(attempt.write_path)
+
+
+def publish(attempt: Attempt) -> str | None:
+    """Move a staged attempt (its commit record already inside) into the output's place.
+    Returns where the replaced older version now sits (for `discard`), if there was one."""
+    if not attempt.staged:
+        return None
+    refuse_symlinked_output(attempt.name_with_hash, attempt.prefix)
+    final = storage.output_dir(attempt.name_with_hash, attempt.prefix)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    try:
+        os.rename(attempt.write_path, final)  # no older version: one atomic rename
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(attempt.write_path))  # the emptied staging root
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            raise
+    if _exchange(attempt.write_path, final):
+        return attempt.write_path  # after the swap the old version sits in the staging place
+    # Two renames: for an instant there is no output (readers see "not committed"), but
+    # never a mix of two versions.
+    old = os.path.join(storage.trash_dir(attempt.prefix), uuid.uuid4().hex)
+    os.makedirs(os.path.dirname(old), exist_ok=True)
+    os.rename(final, old)
+    os.rename(attempt.write_path, final)
+    return old
+
+
+def discard(path: str | None) -> None:
+    """Delete a replaced version (outside the lease guard: it can be large)."""
+    if path is None:
+        return
+    parent = os.path.dirname(path)
+    _discard_local(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(parent)  # an emptied staging root
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """renameat2(RENAME_EXCHANGE): swap two paths in one step. Python's `os` has no binding
+    and no maintained library offers one, hence ctypes; False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def _discard_local(path: str) -> None:
+    """Delete a path lmflows owns without following links out of it."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
         os.remove(path)
+        return
+    shutil.rmtree(path, ignore_errors=True)  # rmtree unlinks links, never follows them
 
 
-def record_failure(out: str, exc: BaseException, started: float) -> None:
+def record_failure(attempt: Attempt, exc: BaseException, started: float) -> None:
     """Best-effort `failed.json` so that `plan` can say 'failed'. Never masks the error."""
     try:
         storage.write_json(
-            storage.join(out, storage.FAILED_FILE),
+            storage.failed_path(attempt.name_with_hash, attempt.prefix),
             {
                 "error": type(exc).__name__,
                 "message": str(exc)[:2000],
@@ -56,3 +178,32 @@ def record_failure(out: str, exc: BaseException, started: float) -> None:
         )
     except Exception:
         pass
+
+
+def clear_failure(name_with_hash: str, prefix: str) -> None:
+    path = storage.failed_path(name_with_hash, prefix)
+    fs, fs_path = storage.filesystem(path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(fs_path)
+
+
+def delete_output(name_with_hash: str, prefix: str) -> None:
+    """Remove a whole output (gc; the caller holds its lease): commit record first."""
+    refuse_symlinked_output(name_with_hash, prefix)
+    out = storage.output_dir(name_with_hash, prefix)
+    commit = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
+    fs, commit_path = storage.filesystem(commit)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(commit_path)  # first: from here on nobody treats the output as done
+    if storage.is_local(out):
+        if os.path.lexists(out):
+            old = os.path.join(storage.trash_dir(prefix), uuid.uuid4().hex)
+            os.makedirs(os.path.dirname(old), exist_ok=True)
+            os.rename(out, old)
+            _discard_local(old)
+        return
+    fs, path = storage.filesystem(out)
+    with contextlib.suppress(FileNotFoundError):
+        doomed = fs.find(path)
+        if doomed:
+            fs.rm(doomed)

@@ -67,13 +67,14 @@ class Plan:
 
 
 def step_status(name_with_hash: str, prefix: str | None = None) -> str:
-    """committed / running / failed / missing, read from the output's `.lmflows` folder."""
+    """committed / running / failed / missing: the commit record, then the lease and the
+    failure record kept beside the output."""
     prefix = prefix or storage.current_prefix()
     if records.read_commit(name_with_hash, prefix) is not None:
         return "committed"
-    if lease.is_live(lease.read(storage.meta_path(name_with_hash, storage.LEASE_FILE, prefix))):
+    if lease.is_live(lease.read(storage.lease_path(name_with_hash, prefix))):
         return "running"
-    fs, path = storage.filesystem(storage.meta_path(name_with_hash, storage.FAILED_FILE, prefix))
+    fs, path = storage.filesystem(storage.failed_path(name_with_hash, prefix))
     if fs.exists(path):
         return "failed"
     return "missing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,20 @@ def _lease_path_of(key: str) -> str | None:
     name_with_hash = storage.name_with_hash_of_key(key)
     if name_with_hash is None:
         return None
-    return storage.meta_path(name_with_hash, storage.LEASE_FILE)
+    return storage.lease_path(name_with_hash)
+
+
+def _refreshing() -> bool:
+    """Whether the task run taking the lock was asked to overwrite (--force, refresh_cache):
+    then an existing commit must not short-circuit the lease. Read from the run's own task,
+    so it holds on a Ray worker too."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return bool(ctx is not None and getattr(ctx.task, "refresh_cache", False))
+
+
+WAIT_REPORT_SECONDS = 60.0
 
 
 class LeaseLockManager(LockManager):
@@ -28,13 +42,21 @@ class LeaseLockManager(LockManager):
     poll_seconds: float = 0.2
     max_poll_seconds: float = 2.0
 
-    def _poll(self, done: Callable[[], bool], timeout: float | None) -> bool:
-        """Call `done` with growing pauses until it is true (True) or `timeout` passes."""
+    def _poll(
+        self, done: Callable[[], bool], timeout: float | None, lease_path: str | None = None
+    ) -> bool:
+        """Call `done` with growing pauses until it is true (True) or `timeout` passes;
+        while waiting on a lease, say whose and until when, at least once a minute."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = self.poll_seconds
+        next_report = time.monotonic()
         while not done():
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
+            if lease_path is not None and now >= next_report:
+                _report_wait(lease_path)
+                next_report = now + WAIT_REPORT_SECONDS
             time.sleep(delay)
             delay = min(delay * 1.5, self.max_poll_seconds)
         return True
@@ -55,10 +77,15 @@ class LeaseLockManager(LockManager):
             raise ValueError(f"{key!r} is not an lmflows commit key")
         if lease.holds(lease_path, holder):
             return True
+        if _refreshing():
+            return self._poll(
+                lambda: lease.try_acquire(lease_path, holder), acquire_timeout, lease_path
+            )
         # Double-checked: a committed step needs no lease (Prefect will serve it Cached).
         return self._poll(
             lambda: self._committed(key) or lease.try_acquire(lease_path, holder),
             acquire_timeout,
+            lease_path,
         )
 
     async def aacquire_lock(
@@ -95,6 +122,23 @@ class LeaseLockManager(LockManager):
         from prefect.utilities.asyncutils import run_sync_in_worker_thread
 
         return await run_sync_in_worker_thread(self.wait_for_lock, key, timeout)
+
+
+def _report_wait(lease_path: str) -> None:
+    current = lease.read(lease_path) or {}
+    if not lease.is_live(current):
+        return
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(current["expires_at"])))
+    message = (
+        f"waiting for {lease_path}: held by {current.get('holder')!r} on host "
+        f"{current.get('host')!r} (pid {current.get('pid')!r}) until {until} unless renewed"
+    )
+    try:
+        from prefect.logging import get_run_logger
+
+        get_run_logger().info(message)
+    except Exception:
+        logging.getLogger("lmflows.lease").warning(message)
 
 
 @dataclasses.dataclass

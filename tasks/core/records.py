@@ -18,12 +18,15 @@ from prefect.filesystems import WritableFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from tasks.core import lease, storage
+from tasks.core import lease, outputs, storage
+from tasks.core.identity import validate_name
+from tasks.core.manifest import quick_problem as manifest_check
 from tasks.core.ref import StepRef
 
 logger = logging.getLogger("lmflows.records")
 
 SERIALIZER_TYPE = "lmflows-stepref"
+MANIFEST_KEY = "manifest"
 
 
 class StepRefSerializer(Serializer):
@@ -41,15 +44,18 @@ class StepRefSerializer(Serializer):
         raise TypeError(f"a step must return through StepRef, got {type(obj).__name__}")
 
     def loads(self, blob: bytes) -> Any:
-        return StepRef.from_json(json.loads(blob))
+        data = json.loads(blob)
+        if isinstance(data, dict):
+            data.pop(MANIFEST_KEY, None)  # the commit's manifest: not part of the reference
+        return StepRef.from_json(data)
 
 
 class UnsafeRecordError(ValueError):
     """A commit record that is not a plain lmflows JSON record: never deserialised."""
 
 
-def parse_commit(content: bytes, where: str) -> StepRef:
-    """Validate a commit record's bytes and return its StepRef, or raise UnsafeRecordError."""
+def parse_commit(content: bytes, where: str) -> tuple[StepRef, Any]:
+    """Validate a commit record's bytes; its StepRef and manifest, or UnsafeRecordError."""
     try:
         record = json.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -69,9 +75,34 @@ def parse_commit(content: bytes, where: str) -> StepRef:
     if not isinstance(result, str):
         raise UnsafeRecordError(f"commit record {where} has a non-string result")
     try:
-        return StepRef.from_json(json.loads(result))
+        data = json.loads(result)
+        manifest = data.pop(MANIFEST_KEY, None) if isinstance(data, dict) else None
+        return StepRef.from_json(data), manifest
     except ValueError as exc:
         raise UnsafeRecordError(f"commit record {where}: {exc}") from exc
+
+
+def check_commit(content: bytes, name_with_hash: str, prefix: str) -> StepRef:
+    """The StepRef of the record `content` found in the output `name_with_hash`, if the
+    record belongs there and the output is intact; else UnsafeRecordError naming the folder.
+
+    A record copied from another output, one whose reference escapes its folder, and an output
+    whose files no longer match the manifest (deleted, truncated; on gs:// also overwritten)
+    are all misses: the step is recomputed, never served."""
+    out = storage.output_dir(name_with_hash, prefix)
+    ref, manifest = parse_commit(content, f"in {out}")
+    if ref.name_with_hash != name_with_hash or ref.sub_path:
+        raise UnsafeRecordError(
+            f"commit record in {out} belongs to {ref.identity!r}, not to this output"
+        )
+    try:
+        validate_name(ref.name)
+    except ValueError as exc:
+        raise UnsafeRecordError(f"commit record in {out}: {exc}") from None
+    problem = manifest_check(out, manifest)
+    if problem is not None:
+        raise UnsafeRecordError(f"output {out} is damaged: {problem}")
+    return ref
 
 
 # Records validated in the last few seconds, by path. A cached step's record is read three
@@ -108,12 +139,9 @@ def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | Non
         forget(path)
         return None
     try:
-        ref = parse_commit(content, path)
+        ref = check_commit(content, name_with_hash, prefix or storage.current_prefix())
     except UnsafeRecordError as exc:
         warn_bad_record(exc)
-        return None
-    if ref.name_with_hash != name_with_hash:
-        warn_bad_record(UnsafeRecordError(f"commit record {path} names {ref.name_with_hash}"))
         return None
     _remember(path, content)
     return ref
@@ -129,11 +157,15 @@ def warn_bad_record(exc: Exception) -> None:
         logger.warning(message)
 
 
-def _relative_storage_key(content: bytes, relative: str) -> bytes:
-    """Prefect records the absolute path of a record; keep records prefix-free instead, so
-    that a copied bucket holds no trace of where it came from (reads use the key anyway)."""
+def _finish_record(content: bytes, relative: str, manifest: Any) -> bytes:
+    """Prefect's record with the manifest added to the reference, and its storage key made
+    relative: Prefect records the absolute path, but a copied bucket should hold no trace of
+    where it came from (reads use the key anyway)."""
     record = json.loads(content)
     record["metadata"]["storage_key"] = relative
+    result = json.loads(record["result"])
+    result[MANIFEST_KEY] = manifest
+    record["result"] = json.dumps(result, sort_keys=True)
     return json.dumps(record, separators=(",", ":")).encode()
 
 
@@ -143,7 +175,9 @@ class StepStorage(WritableFileSystem):
     Resolving at use time (not at decoration time) is what lets `--prefix`, a Ray worker's
     environment or a copied bucket decide where records live. Only commit records are ever
     written: Prefect's failure records (random UUID keys at the storage root) are dropped,
-    because the step writes its own `failed.json` inside its output directory.
+    because the step writes its own `failed.json` beside its lease. Writing a commit record
+    publishes the attempt: on local disk the staged directory, record inside, is moved into
+    place under the lease guard.
     """
 
     _block_type_name: ClassVar[str] = "lmflows step storage"
@@ -167,13 +201,16 @@ class StepStorage(WritableFileSystem):
         return storage.join(root, key), key
 
     def _read(self, key: str) -> bytes:
-        path, _ = self._locate(key)
+        path, relative = self._locate(key)
         remembered = _recalled(path)
         if remembered is not None:
             return remembered
+        name_with_hash = storage.name_with_hash_of_key(relative)
+        if name_with_hash is None:
+            raise FileNotFoundError(path)  # lmflows writes no other records
         content = storage.read_bytes(path)  # FileNotFoundError: Prefect treats it as a miss
         try:
-            parse_commit(content, path)
+            check_commit(content, name_with_hash, self._root())
         except UnsafeRecordError as exc:
             warn_bad_record(exc)
             raise
@@ -184,10 +221,21 @@ class StepStorage(WritableFileSystem):
         name_with_hash = storage.name_with_hash_of_key(relative)
         if name_with_hash is None:
             return path
-        content = _relative_storage_key(content, relative)
-        lease.assert_held(storage.meta_path(name_with_hash, storage.LEASE_FILE, self._root()))
+        root = self._root()
+        attempt = outputs.take_pending(root, name_with_hash)
+        if attempt is None:
+            raise lease.LeaseLostError(f"no finished attempt of {name_with_hash} to commit")
+        content = _finish_record(content, relative, attempt.manifest)
         forget(path)
-        storage.write_atomic(path, content)
+        replaced = None
+        with lease.fenced(storage.lease_path(name_with_hash, root)):
+            if attempt.staged:
+                storage.write_atomic(storage.join(attempt.write_path, storage.COMMIT_FILE), content)
+                replaced = outputs.publish(attempt)
+            else:
+                storage.write_atomic(path, content)
+        outputs.discard(replaced)
+        outputs.clear_failure(name_with_hash, root)
         return path
 
     async def aread_path(self, path: str) -> bytes:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from tasks.core import storage
 from tasks.core.walk import register_special
+
+_HASH = re.compile(r"[0-9a-f]{10}")
+
+
+def _safe_relative(path: str) -> bool:
+    """A non-empty relative path with no '.', '..' or empty segment: it stays below its base."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 @register_special
@@ -65,6 +75,14 @@ class StepRef:
         name, hash_, sub = data.get("name"), data.get("hash"), data.get("sub_path", "")
         if not all(isinstance(v, str) for v in (name, hash_, sub)):
             raise ValueError("StepRef fields name/hash/sub_path must be strings")
+        if not _HASH.fullmatch(hash_):
+            raise ValueError(f"StepRef hash {hash_[:40]!r} is not 10 hex digits")
+        for label, value in (("name", name), ("sub_path", sub)):
+            if (value or label == "name") and not _safe_relative(value):
+                raise ValueError(
+                    f"StepRef {label} {value[:200]!r} is not a safe relative path (it would "
+                    "point outside its output)"
+                )
         return cls(name=name, hash=hash_, sub_path=sub, metadata=data.get("metadata") or {})
 
     def __repr__(self) -> str:

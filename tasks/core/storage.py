@@ -1,7 +1,16 @@
 """Where outputs live: the prefix (any fsspec URL), path joining and the per-step layout.
 
-Every step output is ``{prefix}/{name}-{hash}``; the framework's own files sit in a
-``.lmflows`` folder inside it so that copying an output directory copies its commit.
+```
+{prefix}/{name}-{hash}/                  a committed output: immutable once committed
+    ...                                  the step's files
+    .lmflows/commit.json                 the commit record (written last; carries the manifest)
+    .lmflows/provenance.json
+{prefix}/.lmflows/state/{name}-{hash}/   lease.json (+ lease.guard locally), failed.json
+{prefix}/.lmflows/staging/{name}-{hash}/{attempt}/   local disk: where an attempt writes
+{prefix}/.lmflows/trash/                 replaced outputs and dead attempts, being deleted
+```
+The commit record sits inside the output, so copying an output directory copies its commit;
+the lease and failure records sit outside it, so an output can be swapped into place whole.
 """
 
 from __future__ import annotations
@@ -22,11 +31,8 @@ DEFAULT_PREFIX = "~/.lmflows/outputs"
 META_DIR = ".lmflows"
 COMMIT_FILE = f"{META_DIR}/commit.json"
 PROVENANCE_FILE = f"{META_DIR}/provenance.json"
-LEASE_FILE = f"{META_DIR}/lease.json"
-LEASE_GUARD_FILE = f"{META_DIR}/lease.guard"
-FAILED_FILE = f"{META_DIR}/failed.json"
-# Files that survive clearing an output directory before a new attempt.
-KEEP_ON_CLEAR = (LEASE_FILE, LEASE_GUARD_FILE)
+LEASE_NAME = "lease.json"
+FAILED_NAME = "failed.json"
 
 
 class PrefixError(ValueError):
@@ -115,7 +121,29 @@ def output_dir(name_with_hash: str, prefix: str | None = None) -> str:
 
 
 def meta_path(name_with_hash: str, which: str, prefix: str | None = None) -> str:
+    """A framework file inside the output (`COMMIT_FILE`, `PROVENANCE_FILE`)."""
     return join(prefix or current_prefix(), name_with_hash, which)
+
+
+def state_path(name_with_hash: str, which: str, prefix: str | None = None) -> str:
+    """A file about the output kept outside it (`LEASE_NAME`, `FAILED_NAME`)."""
+    return join(prefix or current_prefix(), META_DIR, "state", name_with_hash, which)
+
+
+def lease_path(name_with_hash: str, prefix: str | None = None) -> str:
+    return state_path(name_with_hash, LEASE_NAME, prefix)
+
+
+def failed_path(name_with_hash: str, prefix: str | None = None) -> str:
+    return state_path(name_with_hash, FAILED_NAME, prefix)
+
+
+def staging_root(name_with_hash: str, prefix: str | None = None) -> str:
+    return join(prefix or current_prefix(), META_DIR, "staging", name_with_hash)
+
+
+def trash_dir(prefix: str | None = None) -> str:
+    return join(prefix or current_prefix(), META_DIR, "trash")
 
 
 def commit_key(name_with_hash: str) -> str:
