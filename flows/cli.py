@@ -17,6 +17,9 @@ USAGE_EPILOG = """examples:
   python -m flows status --prefix gs://bucket/lm
   python -m flows show tokenized/kjv-7ec78c5661   one output as JSON
   python -m flows gc [--delete]             outputs no experiment reaches
+  python -m flows verify demo               are the demo's outputs intact?
+
+Set LMFLOWS_DEBUG=1 to see the traceback behind an error line.
 """
 
 
@@ -104,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="committed outputs that no experiment reaches")
     gc.add_argument("--delete", action="store_true", help="delete them (default: only list)")
     add_common(gc)
+
+    verify = sub.add_parser(
+        "verify", help="check committed outputs against their manifests; exit 1 if damaged"
+    )
+    verify.add_argument(
+        "experiment", nargs="?", help="only the outputs of this experiment's plan (default: all)"
+    )
+    verify.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    add_common(verify)
     return parser
 
 
@@ -142,7 +154,12 @@ def plan_experiment(experiment: str, param_pairs: Sequence[str], force: Sequence
         with planning.planning() as plan:
             flow.fn(**params)
     except (ValueError, TypeError) as exc:
-        raise ArgumentError(str(exc)) from exc
+        raise ArgumentError(" ".join(str(exc).split())) from exc
+    except Exception as exc:
+        raise ArgumentError(
+            f"experiment {experiment} failed while planning: {type(exc).__name__}: "
+            + " ".join(str(exc).split())[:500]
+        ) from exc
     _check_force_globs(force, plan)
     return flow, params, plan
 
@@ -373,6 +390,26 @@ def cmd_gc(delete: bool) -> int:
     return 0
 
 
+def cmd_verify(experiment: str | None, param_pairs: Sequence[str]) -> int:
+    from flows.verify import verify
+    from tasks.core import storage
+
+    prefix = storage.current_prefix()
+    names = None
+    if experiment is not None:
+        _, _, plan = plan_experiment(experiment, param_pairs)
+        names = list(plan.steps)
+    verdicts = verify(prefix, names)
+    damaged = [v for v in verdicts if v.problems]
+    for verdict in verdicts:
+        if verdict.problems:
+            print(f"DAMAGED {verdict.name_with_hash}: {'; '.join(verdict.problems)}")
+        else:
+            print(f"ok      {verdict.name_with_hash}")
+    print(f"{len(verdicts)} committed outputs checked under {prefix}: {len(damaged)} damaged")
+    return 1 if damaged else 0
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
@@ -389,12 +426,35 @@ def _age(seconds: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every failure is one line on stderr and a non-zero exit: 2 for bad input (experiment,
+    arguments, settings), 1 for a failed run or damage found, 130 for Ctrl-C. LMFLOWS_DEBUG=1
+    shows the traceback too."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("lmflows: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last resort: still one line, never a traceback by default
+        if os.environ.get("LMFLOWS_DEBUG"):
+            raise
+        detail = " ".join(str(exc).split())[:500]
+        print(
+            f"lmflows: error: {type(exc).__name__}: {detail} (LMFLOWS_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from flows.loader import ExperimentError
     from flows.params import ParameterError
+    from tasks.core.lease import LeaseSettingError, lease_seconds
+    from tasks.core.outputs import OutputPathError
     from tasks.core.storage import PrefixError
 
     try:
+        lease_seconds()  # settings are checked once, before anything runs
         _apply_prefix(args.prefix)
         if args.command == "status":
             return cmd_status()
@@ -402,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_show(args.name_with_hash)
         if args.command == "gc":
             return cmd_gc(args.delete)
+        if args.command == "verify":
+            return cmd_verify(args.experiment, args.param)
         if args.command == "explain":
             return cmd_explain(args.experiment, args.step, args.param)
         if args.command == "plan" or args.dry_run:
@@ -409,6 +471,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(
             args.experiment, args.force, args.server, args.runner, args.ray_address, args.param
         )
-    except (ExperimentError, PrefixError, ArgumentError, ParameterError) as exc:
-        print(f"lmflows: error: {exc}", file=sys.stderr)
+    except (
+        ExperimentError,
+        PrefixError,
+        ArgumentError,
+        ParameterError,
+        LeaseSettingError,
+        OutputPathError,
+    ) as exc:
+        if os.environ.get("LMFLOWS_DEBUG"):
+            raise
+        print(f"lmflows: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -35,7 +35,11 @@ def load_module(experiment: str) -> ModuleType:
             raise ExperimentError(f"cannot import {experiment} as a Python file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise ExperimentError(_import_failure(experiment, exc)) from exc
         return module
     if not experiment.replace("_", "").replace(".", "").isalnum():
         raise ExperimentError(
@@ -46,9 +50,27 @@ def load_module(experiment: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name not in (module_name, "experiments"):
-            raise
+            raise ExperimentError(_import_failure(experiment, exc)) from exc
         names = ", ".join(available_experiments()) or "none"
         raise ExperimentError(f"unknown experiment {experiment!r} (available: {names})") from None
+    except Exception as exc:
+        raise ExperimentError(_import_failure(experiment, exc)) from exc
+
+
+def _import_failure(experiment: str, exc: BaseException) -> str:
+    """One line: what failed where (the innermost frame in the experiment's own code)."""
+    where = ""
+    if isinstance(exc, SyntaxError):
+        where = f" at {exc.filename}:{exc.lineno}"
+        detail = exc.msg
+    else:
+        import traceback
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            where = f" at {frames[-1].filename}:{frames[-1].lineno}"
+        detail = " ".join(str(exc).split())[:300]
+    return f"experiment {experiment} failed to import{where}: {type(exc).__name__}: {detail}"
 
 
 def find_flow(module: ModuleType) -> Flow:

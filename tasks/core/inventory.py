@@ -22,20 +22,22 @@ class CommittedStep:
         return max(0.0, time.time() - self.committed_at)
 
 
-def committed_steps(prefix: str | None = None) -> list[CommittedStep]:
+def committed_steps(prefix: str | None = None, check: bool = True) -> list[CommittedStep]:
+    """Outputs with a valid commit record (`check=False`: any commit record at all, for
+    `verify`, which wants the damaged ones too)."""
     prefix = prefix or storage.current_prefix()
-    found = _local(prefix) if storage.is_local(prefix) else _remote(prefix)
+    found = _local(prefix, check) if storage.is_local(prefix) else _remote(prefix, check)
     return sorted(found, key=lambda s: s.name_with_hash)
 
 
-def _local(prefix: str) -> list[CommittedStep]:
+def _local(prefix: str, check: bool) -> list[CommittedStep]:
     found = []
     for root, dirs, _files in os.walk(prefix):  # never follows directory links
         commit = os.path.join(root, storage.COMMIT_FILE)
         if storage.META_DIR in dirs and os.path.isfile(commit):
             dirs[:] = []  # an output directory: never descend into its files
             name_with_hash = os.path.relpath(root, prefix)
-            if records.read_commit(name_with_hash, prefix) is None:
+            if check and records.read_commit(name_with_hash, prefix) is None:
                 continue
             found.append(
                 CommittedStep(name_with_hash, root, _tree_bytes(root), os.path.getmtime(commit))
@@ -57,7 +59,7 @@ def _tree_bytes(root: str) -> int:
     return total
 
 
-def _remote(prefix: str) -> list[CommittedStep]:
+def _remote(prefix: str, check: bool) -> list[CommittedStep]:
     fs, base = storage.filesystem(prefix)
     protocol = prefix.split("://", 1)[0]
     try:
@@ -74,7 +76,7 @@ def _remote(prefix: str) -> list[CommittedStep]:
     found = []
     for out, info in outputs.items():
         name_with_hash = out[len(base.rstrip("/")) + 1 :]
-        if records.read_commit(name_with_hash, prefix) is None:
+        if check and records.read_commit(name_with_hash, prefix) is None:
             continue
         size = sum(i.get("size", 0) or 0 for p, i in listing.items() if p.startswith(out + "/"))
         updated = info.get("updated") or info.get("mtime") or info.get("LastModified")
