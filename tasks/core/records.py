@@ -147,8 +147,19 @@ def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | Non
     return ref
 
 
+_WARNED: dict[str, float] = {}
+
+
 def warn_bad_record(exc: Exception) -> None:
+    """Say once (per process, per minute) why a record is not trusted: one cached check
+    reads a record two or three times."""
     message = f"{exc}; treating the step as not committed and recomputing it"
+    now = time.monotonic()
+    if now - _WARNED.get(message, -1e9) < 60:
+        return
+    if len(_WARNED) > 1024:
+        _WARNED.clear()
+    _WARNED[message] = now
     try:
         from prefect.logging import get_run_logger
 

@@ -29,6 +29,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"states": [s.name for s in states]}))
         return 0
     if mode == "blocker":
+        if "--force" in argv:
+            from tasks.core import set_force
+
+            set_force(["t/blocker"])
         state = blocker_flow(argv[1], return_state=True)
         inner = state.result(raise_on_failure=False) if state.is_completed() else None
         print(
