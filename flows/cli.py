@@ -168,7 +168,8 @@ def _check_force_globs(force: Sequence[str], plan) -> None:
     import fnmatch
 
     names = sorted({item.ref.name for item in plan.steps.values()})
-    idle = [g for g in force if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+    keys = [*names, *plan.steps]
+    idle = [g for g in force if not any(fnmatch.fnmatchcase(n, g) for n in keys)]
     if idle:
         raise ArgumentError(
             f"--force {' '.join(idle)} matches no step of the plan; its steps are: "
@@ -208,6 +209,11 @@ def cmd_explain(experiment: str, step_glob: str, param_pairs: Sequence[str] = ()
     from tasks.core.explain import blast_radius, explain_plan, show
 
     _, _, plan = plan_experiment(experiment, param_pairs)
+    names = sorted({item.ref.name for item in plan.steps.values()})
+    if not any(fnmatch.fnmatchcase(n, step_glob) for n in names):
+        raise ArgumentError(
+            f"--step {step_glob} matches no step of the plan; its steps are: " + ", ".join(names)
+        )
     plan.check_status()
     prefix = storage.current_prefix()
     reasons = explain_plan(plan, prefix)
@@ -338,10 +344,15 @@ def cmd_show(name_with_hash: str) -> int:
     import json
 
     from tasks.core import storage
+    from tasks.core.identity import split_name_with_hash
     from tasks.core.inventory import NotCommittedError, describe
 
     try:
-        description = describe(name_with_hash.strip("/"), storage.current_prefix())
+        split_name_with_hash(name_with_hash)
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
+    try:
+        description = describe(name_with_hash, storage.current_prefix())
     except NotCommittedError as exc:
         print(f"lmflows: {exc}", file=sys.stderr)
         return 1

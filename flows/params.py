@@ -19,9 +19,10 @@ class ParameterError(ValueError):
     """A flow parameter on the command line that cannot work; one line for the user."""
 
 
-def parse(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["lr=0.01", "name=kjv"]` -> `{"lr": 0.01, "name": "kjv"}` (JSON if it parses)."""
-    values: dict[str, Any] = {}
+def parse(pairs: Sequence[str]) -> dict[str, str]:
+    """`["lr=0.01", "name=kjv"]` -> `{"lr": "0.01", "name": "kjv"}`; values are decoded
+    against the flow's signature by `bind`."""
+    values: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
@@ -29,16 +30,32 @@ def parse(pairs: Sequence[str]) -> dict[str, Any]:
             raise ParameterError(f"--param {pair!r}: expected KEY=VALUE with KEY a parameter name")
         if key in values:
             raise ParameterError(f"--param {key} is given twice")
-        try:
-            values[key] = json.loads(raw)
-        except ValueError:
-            values[key] = raw
+        values[key] = raw
     return values
 
 
-def bind(flow: Flow, values: dict[str, Any]) -> dict[str, Any]:
-    """The parameters to call `flow` with, or ParameterError naming what is wrong."""
+def _decode(raw: str, annotation: Any) -> Any:
+    """JSON if it parses, else the text; a parameter annotated `str` always gets the text
+    (`--param text=123` means the string "123")."""
+    if annotation in (str, "str"):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def bind(flow: Flow, raw_values: dict[str, str]) -> dict[str, Any]:
+    """Every parameter to call `flow` with, defaults included, coerced by Prefect exactly as a
+    flow run coerces them (a `float` parameter with default `2` is `2.0` in a run: planning
+    must hash the same value). ParameterError names what is wrong."""
     signature = inspect.signature(flow.fn)
+    values = {
+        key: _decode(raw, signature.parameters[key].annotation)
+        for key, raw in raw_values.items()
+        if key in signature.parameters
+    }
+    values.update({k: v for k, v in raw_values.items() if k not in signature.parameters})
     known = list(signature.parameters)
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -58,6 +75,9 @@ def bind(flow: Flow, values: dict[str, Any]) -> dict[str, Any]:
             f"flow {flow.name!r} needs parameter {', '.join(missing)}: "
             f"add --param {missing[0]}=VALUE"
         )
+    for name, param in signature.parameters.items():
+        if name not in values and param.default is not inspect.Parameter.empty:
+            values[name] = param.default
     if not values:
         return {}
     import logging

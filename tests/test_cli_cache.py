@@ -207,3 +207,55 @@ def test_lr_sweep_plans_one_training_per_learning_rate(tmp_path):
     assert [ln for ln in one.stdout.splitlines() if ln.startswith("checkpoints/")][0].startswith(
         "checkpoints/sweep-kjv-lr0.02-"
     )
+
+
+# --- found by attacking the first version -----------------------------------------------------
+
+
+def test_plan_hashes_the_parameter_values_a_run_uses(tmp_path):
+    prefix = str(tmp_path / "out")
+    run = flows_cli("run", "tests/data/float_default.py", "--prefix", prefix)
+    assert run.returncode == 0, run.stderr[-3000:]
+    plan = flows_cli("plan", "tests/data/float_default.py", "--prefix", prefix)
+    assert "2 steps (2 committed)" in plan.stdout, plan.stdout
+    text = flows_cli(
+        "plan", "tests/data/float_default.py", "--param", "text=123", "--prefix", prefix
+    )
+    assert text.returncode == 0, text.stderr  # a str parameter takes the text as it is
+    twice = flows_cli("plan", "toy", "--param", "n=1", "--param", "n=2", "--prefix", prefix)
+    assert twice.returncode == 2 and "--param n is given twice" in twice.stderr
+
+
+def test_explain_on_an_empty_prefix_names_the_new_steps_as_roots(tmp_path):
+    result = flows_cli("explain", "toy", "--prefix", str(tmp_path / "empty"))
+    assert result.returncode == 0, result.stderr
+    heads = {ln.split(":")[0]: ln for ln in result.stdout.splitlines() if not ln.startswith(" ")}
+    numbers = next(k for k in heads if k.startswith("toy/numbers-"))
+    words = next(k for k in heads if k.startswith("toy/words-"))
+    for root in (numbers, words):
+        assert "root cause: no committed output named" in heads[root]
+    summary = next(k for k in heads if k.startswith("toy/summary-"))
+    assert heads[summary].endswith(f"root: {numbers}, {words}")
+    none = flows_cli("explain", "toy", "--step", "nomatch*", "--prefix", str(tmp_path / "e"))
+    assert none.returncode == 2 and "--step nomatch* matches no step" in none.stderr
+
+
+def test_gc_refuses_to_delete_when_an_experiment_cannot_be_planned(tmp_path, monkeypatch, capsys):
+    import flows.loader
+    from flows.cli import main
+
+    prefix = tmp_path / "out"
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(prefix))  # main() sets it; restored after
+    assert flows_cli("run", "toy", "--param", "n=7", "--prefix", str(prefix)).returncode == 0
+    before = snapshot(prefix)
+    monkeypatch.setattr(
+        flows.loader, "available_experiments", lambda: ["toy", "no_such_experiment"]
+    )
+    assert main(["gc", "--prefix", str(prefix)]) == 0
+    listed = capsys.readouterr()
+    assert "experiment no_such_experiment could not be planned" in listed.err
+    assert "4 committed outputs" in listed.out
+    assert main(["gc", "--delete", "--prefix", str(prefix)]) == 2
+    refused = capsys.readouterr()
+    assert "gc --delete refused" in refused.err and "no_such_experiment" in refused.err
+    assert snapshot(prefix) == before

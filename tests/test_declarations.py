@@ -271,3 +271,119 @@ def test_a_stepref_is_never_walked_as_a_dataclass():
 def test_stepref_is_json():
     ref = steps.source.ref_for(3).cd("data.json")
     assert StepRef.from_json(json.loads(json.dumps(ref.to_json()))) == ref
+
+
+# --- found by attacking the first version -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class Scaled:
+    source: object
+    scale: int = 1
+
+    def __post_init__(self):
+        self.scale *= 10  # a rebuilt copy would be scaled twice
+
+
+@step(hash_attrs=["cfg"], operational=["cache"], name="t/post-init")
+def post_init(cfg: Scaled, cache: object = None, *, output_path: str) -> dict:
+    return {"scale_seen": cfg.scale, "source_is_path": isinstance(cfg.source, str)}
+
+
+def test_the_function_sees_exactly_the_values_that_were_hashed(prefix):
+    @flow
+    def uses_post_init():
+        return post_init(Scaled(steps.source(2), 1))
+
+    ref = uses_post_init()
+    assert ref.metadata == {"scale_seen": 10, "source_is_path": True}
+
+
+def test_mappings_keep_their_type_and_init_false_fields_are_fine():
+    from tasks.core.decorator import refs_to_paths
+
+    @dataclasses.dataclass
+    class WithCache:
+        data: object
+        cache: dict = dataclasses.field(init=False, default_factory=collections.OrderedDict)
+
+    value = WithCache(1)
+    assert refs_to_paths(value) is value
+    ordered = collections.OrderedDict(a=steps.source.ref_for(1))
+    walked = refs_to_paths(ordered)
+    assert type(walked) is collections.OrderedDict and walked["a"].endswith("t/source-" + (
+        steps.source.ref_for(1).hash
+    ))
+    default = collections.defaultdict(list, b=[1])
+    assert refs_to_paths(default) is default
+    assert post_init.ref_for(Scaled(2), cache=WithCache(3)).hash
+
+
+def test_refs_hidden_in_keys_or_pydantic_models_are_found():
+    import pydantic
+
+    class Options(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+        hint: object = None
+
+    upstream = steps.source.ref_for(3)
+    with pytest.raises(TypeError, match="a dict key cannot be a step reference"):
+        steps.gather.ref_for([], {upstream: 1})
+    with pytest.raises(StepArgumentError, match="'cache' receives a step output"):
+        post_init.ref_for(Scaled(1), cache=Options(hint=upstream))
+    from tasks.core.decorator import refs_to_paths
+
+    walked = refs_to_paths(Options(hint=upstream))
+    assert isinstance(walked, Options) and walked.hint == upstream.path
+
+
+def test_name_fields_cannot_collide():
+    with pytest.raises(StepDefinitionError, match=r"several fields.*\['a', 'b'\]"):
+
+        @step(name="x/{a}-{b}")
+        def two(a: str, b: str, *, output_path: str):
+            pass
+
+    @step(hash_attrs=["a", "b"], name="x/{a}-{b}")
+    def declared(a: str, b: str, *, output_path: str):
+        pass
+
+    assert declared.ref_for("p", "q-r") != declared.ref_for("p-q", "r")
+
+    @step(name="y/{n}")
+    def one(n: str, *, output_path: str):
+        pass
+
+    with pytest.raises(StepArgumentError, match="name field 'n' is 1 \\(int\\)"):
+        one.ref_for(1)
+    assert one.ref_for("1").name == "y/1"
+
+
+def test_paths_under_the_prefix_are_found_however_they_are_spelled(tmp_path, monkeypatch):
+    from tasks.core.identity import identify
+
+    real = tmp_path / "real"
+    (real / "out").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    prefix = str(real / "out")
+    up = "t/up-0123456789"
+    refused = [
+        f"{link}/out/{up}",
+        f"/{prefix}/{up}",
+        f"file:{prefix}/{up}",
+        f"file://{prefix}/{up}",
+    ]
+    for text in refused:
+        with pytest.raises(StepArgumentError):
+            identify("t/x", ("src",), {"src": text}, prefix=prefix)
+    for text in ["gcs://b/lm/" + up, "gs://b//lm/" + up]:
+        with pytest.raises(StepArgumentError):
+            identify("t/x", ("src",), {"src": text}, prefix="gs://b/lm")
+    monkeypatch.chdir(real / "out")
+    for fine in ["./config.yaml", "config.yaml", "gs://b/lmx/y", f"{tmp_path}/real/outside"]:
+        identify("t/x", ("src",), {"src": fine}, prefix=prefix)
+    from tasks.core.storage import PrefixError, normalize_prefix
+
+    with pytest.raises(PrefixError, match="filesystem root"):
+        normalize_prefix("/")

@@ -38,8 +38,13 @@ def set_force(globs: Iterable[str]) -> None:
     _FORCED_DONE.clear()
 
 
-def is_forced(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, glob) for glob in _FORCE_GLOBS)
+def is_forced(name: str, name_with_hash: str | None = None) -> bool:
+    """Whether a --force glob matches the step's name (or its NAME-HASH, to pick one call)."""
+    return any(
+        fnmatch.fnmatchcase(name, glob)
+        or (name_with_hash is not None and fnmatch.fnmatchcase(name_with_hash, glob))
+        for glob in _FORCE_GLOBS
+    )
 
 
 # --- path substitution --------------------------------------------------------------------
@@ -155,7 +160,7 @@ class Step(Task):
             return self  # identity known once upstream futures resolve (checked again there)
         self.check_arguments(params)
         identity = self.identify(params)
-        if self.refresh_cache or not is_forced(identity.name):
+        if self.refresh_cache or not is_forced(identity.name, identity.name_with_hash):
             return self
         if identity.name_with_hash in _FORCED_DONE:
             return self
@@ -168,7 +173,7 @@ class Step(Task):
         params = planning.resolve_planned(params)
         self.check_arguments(params)
         identity = self.identify(params)
-        forced = bool(self.refresh_cache) or is_forced(identity.name)
+        forced = bool(self.refresh_cache) or is_forced(identity.name, identity.name_with_hash)
         return plan.add(_ref_of(identity), self.name, forced, identity.attrs, identity.deps)
 
     # -- Prefect entry points -------------------------------------------------------------

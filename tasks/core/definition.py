@@ -192,6 +192,12 @@ def _check_classes(
             f"{where}: parameters {operational_fields} fill the name template and so are "
             "part of the identity; they cannot be operational"
         )
+    ambiguous = [f for f in fields if f not in hash_attrs] if len(set(fields)) > 1 else []
+    if ambiguous:
+        raise StepDefinitionError(
+            f"{where}: the name template has several fields, so the name alone cannot tell "
+            f"calls apart ('a-b' + 'c' vs 'a' + 'b-c'); list {ambiguous} in hash_attrs"
+        )
     unclassified = [p for p in names if p not in hash_attrs and p not in operational]
     unclassified = [p for p in unclassified if p not in fields]
     if unclassified:

@@ -44,13 +44,21 @@ def flatten(value: Any, path: str = "") -> dict[str, Any]:
 
 
 def diff(committed: dict[str, Any], planned: dict[str, Any]) -> list[Difference]:
+    """Leaf fields whose JSON differs (so 2 vs 2.0 and 1 vs true count, as in the hash)."""
     old, new = flatten(committed), flatten(planned)
     missing = object()
     return [
         Difference(field, old.get(field, missing), new.get(field, missing))
         for field in sorted(set(old) | set(new))
-        if old.get(field, missing) != new.get(field, missing)
+        if _json(old.get(field, missing)) != _json(new.get(field, missing))
     ]
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except TypeError:
+        return repr(value)
 
 
 def committed_siblings(name: str, prefix: str) -> list[str]:

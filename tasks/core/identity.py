@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -72,6 +73,14 @@ def validate_name(name: str) -> str:
                 "allowed: lowercase letters, digits, '_', '.', '-', '/'"
             )
     return name
+
+
+def split_name_with_hash(name_with_hash: str) -> tuple[str, str]:
+    """`"tok/kjv-0123456789"` -> `("tok/kjv", "0123456789")`, or StepNameError."""
+    name, sep, hash_ = name_with_hash.rpartition("-")
+    if not sep or not re.fullmatch(r"[0-9a-f]{10}", hash_):
+        raise StepNameError(f"{name_with_hash!r} is not NAME-HASH (a hash is 10 hex digits)")
+    return validate_name(name), hash_
 
 
 def template_fields(template: str) -> list[str]:
@@ -168,6 +177,13 @@ def identify(
     depend on where outputs live.
     """
     name = fill_name(name_template, arguments)
+    for field in template_fields(name_template):
+        if field not in hash_attrs and not isinstance(arguments[field], str):
+            raise StepArgumentError(
+                f"step {name!r}: name field {field!r} is {arguments[field]!r} "
+                f"({type(arguments[field]).__name__}); a field that is not a hash attribute "
+                "must be a string, or 1 and '1' would share an output"
+            )
     prefix = prefix if prefix is not None else _current_prefix()
     attrs: dict[str, Any] = {}
     deps: set[str] = set()
@@ -210,13 +226,37 @@ def _refuse_prefix_paths(name: str, param: str, plain: Any, prefix: str) -> None
 
 
 def _under(text: str, prefix: str) -> bool:
-    if text == prefix or text.startswith(prefix + "/"):
-        return True
+    """Whether `text` names a location at or below `prefix`, however it is spelled (`gcs://`
+    for `gs://`, doubled slashes, `file:`, `~`, links in local paths). Relative paths are
+    never paths under the prefix: they name the user's own files."""
     if "://" in prefix:
+        protocol, _, rest = prefix.partition("://")
+        if "://" not in text:
+            return False
+        other, _, text_rest = text.partition("://")
+        if _PROTOCOL_ALIASES.get(other, other) != _PROTOCOL_ALIASES.get(protocol, protocol):
+            return False
+        return _below(_squeeze(text_rest), _squeeze(rest))
+    if text.startswith("file:"):
+        text = text[len("file:") :]
+    if not text.startswith(("/", "~")):
         return False
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    if text.startswith(("/", "~", "./", "../")):
-        resolved = os.path.abspath(os.path.expanduser(text))
-        return resolved == prefix or resolved.startswith(prefix + "/")
-    return False
+    local = os.path.realpath(os.path.expanduser(text))
+    return _below(local, _real(prefix)) or _below(_squeeze(text), _squeeze(prefix))
+
+
+_PROTOCOL_ALIASES = {"gcs": "gs"}
+
+
+def _squeeze(path: str) -> str:
+    return "/".join(part for part in path.split("/") if part)
+
+
+def _below(path: str, base: str) -> bool:
+    path, base = path.rstrip("/"), base.rstrip("/")
+    return path == base or path.startswith(base + "/")
+
+
+@functools.lru_cache(maxsize=16)
+def _real(prefix: str) -> str:
+    return os.path.realpath(prefix)

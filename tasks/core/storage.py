@@ -57,7 +57,10 @@ def normalize_prefix(url: str) -> str:
         if not url.split("://", 1)[1].strip("/"):
             raise PrefixError(f"prefix {url!r} names no bucket or folder")
         return url.rstrip("/")
-    return str(Path(url).expanduser().resolve())
+    local = str(Path(url).expanduser().resolve())
+    if local == "/":
+        raise PrefixError(f"prefix {url!r} is the filesystem root; choose a folder")
+    return local
 
 
 def current_prefix() -> str:

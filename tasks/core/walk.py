@@ -6,21 +6,22 @@ all need to look inside the same containers; when each had its own recursion the
 were walked by one helper and refused by another). Every one of them now goes through `walk`,
 so the containers it understands are the same everywhere:
 
-- lists, tuples (named tuples too) and mappings (rebuilt as dicts) are walked;
-- dataclass instances are walked field by field (rebuilt with `dataclasses.replace` when a
-  field changes, so the function receives the same dataclass with paths in it);
-- sets and frozensets are left alone unless they hold something the walker must replace
-  (a StepRef, a future): a set has no order, so it can never carry a dependency — that is a
-  `TypeError` naming where the set is;
-- everything else is a leaf, handed to the caller's `leaf` function.
+- lists, tuples (named tuples too), mappings, dataclass instances and pydantic models are
+  walked; a changed one is a shallow copy of the same type with the changed items set (no
+  `__init__`/`__post_init__` runs again, so the function sees exactly what was hashed);
+- mapping keys and sets may not hold references (a key is not a value; a set has no order):
+  a `TypeError` naming where;
+- everything else is a leaf, handed to the caller's `leaf` function. An arbitrary object is
+  opaque: a StepRef hidden in its attributes is not seen (pass it in a container above).
 
 Objects are only copied when something inside them changed.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 Leaf = Callable[[Any, str], Any]
@@ -47,16 +48,23 @@ def walk(value: Any, leaf: Leaf, where: str = "", *, as_json: bool = False) -> A
             return type(value)(*items)
         return type(value)(items)
     if isinstance(value, Mapping):
-        if as_json:
-            for key in value:
-                if not isinstance(key, str):
-                    raise TypeError(
-                        f"{where}: dict key {key!r} has type "
-                        f"{type(key).__name__}; only str keys are JSON"
-                    )
+        for key in value:
+            if as_json and not isinstance(key, str):
+                raise TypeError(
+                    f"{where}: dict key {key!r} has type "
+                    f"{type(key).__name__}; only str keys are JSON"
+                )
+            if _holds_special(key):
+                raise TypeError(f"{where}: a dict key cannot be a step reference or a future")
         walked = {k: walk(v, leaf, f"{where}[{k!r}]", as_json=as_json) for k, v in value.items()}
-        if not as_json and type(value) is dict and _same(list(walked.values()), value.values()):
+        if as_json:
+            return walked
+        if _same(list(walked.values()), value.values()):
             return value
+        if isinstance(value, MutableMapping):
+            copied = copy.copy(value)
+            copied.update(walked)
+            return copied
         return walked
     if isinstance(value, (set, frozenset)):
         for item in value:
@@ -68,25 +76,38 @@ def walk(value: Any, leaf: Leaf, where: str = "", *, as_json: bool = False) -> A
         return leaf(value, where) if as_json else value
     if _is_special(value):
         return leaf(value, where)
+    fields = _fields(value)
+    if fields is None:
+        return leaf(value, where)
+    if as_json:
+        if not dataclasses.is_dataclass(value):
+            return leaf(value, where)  # pydantic models are not hash-attribute JSON
+        return {
+            name: walk(getattr(value, name), leaf, f"{where}.{name}", as_json=True)
+            for name in fields
+        }
+    changed = {}
+    for name in fields:
+        item = getattr(value, name)
+        new = walk(item, leaf, f"{where}.{name}")
+        if new is not item:
+            changed[name] = new
+    if not changed:
+        return value
+    copied = copy.copy(value)
+    for name, new in changed.items():
+        object.__setattr__(copied, name, new)  # frozen or not; no __init__ runs again
+    return copied
+
+
+def _fields(value: Any) -> list[str] | None:
+    """Field names of a dataclass instance or a pydantic model; None for anything else."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if as_json:
-            return {
-                f.name: walk(getattr(value, f.name), leaf, f"{where}.{f.name}", as_json=True)
-                for f in dataclasses.fields(value)
-            }
-        changed = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            new = walk(item, leaf, f"{where}.{f.name}")
-            if new is not item:
-                if not f.init:
-                    raise TypeError(
-                        f"{where}.{f.name}: a dataclass field with init=False cannot hold a "
-                        "step reference"
-                    )
-                changed[f.name] = new
-        return dataclasses.replace(value, **changed) if changed else value
-    return leaf(value, where)
+        return [f.name for f in dataclasses.fields(value)]
+    model_fields = getattr(type(value), "model_fields", None)
+    if isinstance(model_fields, dict) and hasattr(value, "model_copy"):
+        return list(model_fields)
+    return None
 
 
 def _same(new: list[Any], old: Any) -> bool:
