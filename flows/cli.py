@@ -282,7 +282,7 @@ def cmd_run(
     from tasks.core import storage
 
     prefix = storage.current_prefix()
-    flow, params, _ = plan_experiment(experiment, param_pairs, force)
+    flow, params, plan = plan_experiment(experiment, param_pairs, force)
     _check_writable(prefix)
     api_url = ensure_server(server)
     if runner == "ray":
@@ -299,12 +299,55 @@ def cmd_run(
         flow = flow.with_options(task_runner=ray_task_runner(ray_address))
     if api_url:
         print(f"lmflows: watch it in the Prefect UI: {ui_url(api_url)}/runs")
-    state = _run_flow(flow, api_url, params)
+    from flows.watch import ServerWatch, exit_now
+
+    watch = ServerWatch(api_url, settled=_settled(plan, prefix)) if api_url else None
+    try:
+        if watch is not None:
+            watch.__enter__()
+        state = _run_flow(flow, api_url, params)
+    except Exception:
+        if watch is None or (watch.healthy() and not watch.lost):
+            raise
+        watch.mark_lost()
+        state = None
+    finally:
+        if watch is not None:
+            watch.__exit__()
+    if watch is not None and (watch.lost or state is None or not watch.healthy()):
+        watch.mark_lost()
+        exit_now(_settle_without_server(plan, prefix))
+    assert state is not None
     flow_run_id = state.state_details.flow_run_id
     if api_url and flow_run_id:
         print(f"lmflows: flow run {ui_url(api_url)}/runs/flow-run/{flow_run_id}")
     print(f"lmflows: {flow.name} finished {state.type.value.lower()} (outputs under {prefix})")
     return 0 if state.is_completed() else 1
+
+
+def _settled(plan, prefix: str):
+    """For the server watch: exit code 0 once every planned step is committed, else None."""
+
+    def check() -> int | None:
+        plan.check_status()
+        if all(item.status == "committed" for item in plan.steps.values()):
+            return _settle_without_server(plan, prefix)
+        return None
+
+    return check
+
+
+def _settle_without_server(plan, prefix: str) -> int:
+    """The server went away: storage says how the run went (0 when every step committed)."""
+    plan.check_status()
+    committed = sum(item.status == "committed" for item in plan.steps.values())
+    total = len(plan.steps)
+    print(
+        f"lmflows: {committed} of {total} steps are committed under {prefix} "
+        "(read from storage; the server saw only part of the run)",
+        file=sys.stderr,
+    )
+    return 0 if committed == total else 1
 
 
 def _run_flow(flow, api_url: str | None, params: dict):
