@@ -166,3 +166,30 @@ def test_a_holder_that_lost_its_lease_fails_instead_of_committing(prefix, tmp_pa
     # staging directory, never into the committed output.
     assert (out / "partial.txt").read_text() == f"attempt by {second.pid}"
     assert (out / "done.txt").read_text() == f"finished by {second.pid}"
+
+
+def test_a_step_longer_than_several_leases_lives_on_renewal_alone(prefix, tmp_path):
+    """Lease 2 s, step 7 s: only renewal keeps the second process waiting (the holder is a
+    live local process, so nothing but an expired lease would let it take over)."""
+    log = tmp_path / "calls.log"
+    env = {"LMFLOWS_TEST_LOG": str(log), "LMFLOWS_LEASE_SECONDS": "2"}
+    first = start(["chain", "4", "3"], {**env, "LMFLOWS_TEST_SLEEP": "7"})
+    ref = steps.source.ref_for(4)
+    lease_file = Path(storage.lease_path(ref.name_with_hash))
+    wait_for(lease_file)
+    second = start(["chain", "4", "3"], env)
+    seen_expiries = set()
+    while first.poll() is None:
+        try:
+            seen_expiries.add(json.loads(lease_file.read_text())["expires_at"])
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0, err1[-3000:]
+    assert second.returncode == 0, err2[-3000:]
+    assert log_lines(log).count("source-4") == 1, log_lines(log)
+    assert json.loads(out1.strip().splitlines()[-1])["states"][0] == "Completed"
+    assert json.loads(out2.strip().splitlines()[-1])["states"][0] == "Cached"
+    assert len(seen_expiries) >= 3, "the lease was renewed during the step"

@@ -1,0 +1,71 @@
+"""Pinned identities: hashes recorded as literals. Any change to the identity format (float
+handling, key order, separators, dependency rules, `.cd()`) breaks these, which is the point:
+a change here re-keys every output in every bucket. The values were computed by the code at
+the first release of the format and checked against it again after the identity rules
+changed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.core import StepRef, identify
+
+UPSTREAM = StepRef("data/raw", "0123456789")
+
+VECTORS = [
+    ("t/plain", {"n": 3}, "0a3c25c3ea"),
+    ("t/float", {"lr": 2.0}, "825ff4d5b8"),
+    ("t/float-small", {"lr": 3e-4}, "1b93d35b73"),
+    ("t/int-vs-float", {"lr": 2}, "6e07c2404f"),  # 2 and 2.0 are different identities
+    ("t/nested", {"cfg": {"b": [1, 2.5, {"c": None}], "a": True}}, "7a2f8175d7"),
+    ("t/list", {"xs": [3, 1, 2]}, "ee93c5c0c7"),
+    ("t/unicode", {"s": "naïve ☃"}, "4209c19d10"),
+    ("t/dep", {"src": UPSTREAM}, "9c585b1f8e"),
+    ("t/cd", {"src": UPSTREAM.cd("data/part-0.jsonl")}, "1438e82457"),
+    (
+        "t/mixed",
+        {"data": {"kjv": UPSTREAM, "web": UPSTREAM.cd("x")}, "weights": {"kjv": 0.7, "web": 0.3}},
+        "9b907b2b8f",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, attrs, expected", VECTORS, ids=[v[0] for v in VECTORS])
+def test_recorded_identity(name, attrs, expected):
+    identity = identify(name, tuple(attrs), attrs, prefix="/nonexistent-prefix")
+    assert identity.hash == expected
+    deps = ["data/raw-0123456789"] if "dep" in name or "cd" in name or "mixed" in name else []
+    assert identity.deps == deps
+
+
+# The experiments' own steps: a re-keyed pipeline step would silently orphan committed work.
+EXPERIMENT_IDENTITIES = {
+    "toy": [
+        "toy/numbers-a5ab788e68",
+        "toy/scale-503585bc9a",
+        "toy/words-3b1020537d",
+        "toy/summary-a450e2fef1",
+        "toy/scale-61d5a4912a",
+    ],
+    "demo": [
+        "raw/kjv-7e9e1f4e18",
+        "dedup/kjv-4049d04849",
+        "tokenizer/kjv-4ab8872db2",
+        "tokenized/kjv-7ec78c5661",
+        "checkpoints/demo-kjv-30080c6844",
+        "eval/demo-kjv-546a3bc800",
+    ],
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENT_IDENTITIES))
+def test_experiment_identities_are_pinned(experiment, tmp_path, monkeypatch):
+    from flows.loader import load_flow
+    from flows.params import bind
+    from tasks.core import planning
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(tmp_path))
+    flow = load_flow(experiment)
+    with planning.planning() as plan:
+        flow.fn(**bind(flow, {}))
+    assert list(plan.steps) == EXPERIMENT_IDENTITIES[experiment]
