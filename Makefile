@@ -4,7 +4,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export RAY_AUTH_MODE ?= disabled
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test lint bench setup
+.PHONY: demo test lint bench setup mutants
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -21,3 +21,7 @@ lint: setup
 
 bench: setup
 	.venv/bin/python -m benches.run_all
+
+# One planted bug at a time in a temporary copy; the guarding tests must fail (not in CI).
+mutants: setup
+	.venv/bin/python scripts/mutants.py

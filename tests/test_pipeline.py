@@ -169,6 +169,33 @@ def _task_run_states(flow_run_id, expected: int) -> list[str]:
             time.sleep(0.5)
 
 
+def _independent_loss_and_bpb(refs: dict, seq_len: int) -> tuple[float, float]:
+    """Loss and bits per byte of the trained model on the validation split, computed without
+    levanter's evaluator: the HF export run by transformers' Flax Llama on the cache's token
+    stream cut into seq_len windows, nats summed from per-token log-probabilities, bytes
+    counted from the decoded text of the predicted tokens."""
+    import jax
+    import numpy as np
+    from levanter.store.cache import TreeCache
+    from transformers import AutoTokenizer, FlaxLlamaForCausalLM
+
+    export = sorted(Path(refs["model"].path, "hf").glob("step-*"))[-1]
+    model = FlaxLlamaForCausalLM.from_pretrained(str(export))
+    tokenizer = AutoTokenizer.from_pretrained(refs["tokenizer"].path)
+    cache = TreeCache.load(
+        f"{refs['tokenized'].path}/validation",
+        exemplar={"input_ids": np.array([0], dtype=np.int32)},
+    )
+    docs = cache.get_batch_sync(list(range(len(cache))))
+    ids = np.concatenate([np.asarray(doc["input_ids"]) for doc in docs])
+    windows = ids[: len(ids) // seq_len * seq_len].reshape(-1, seq_len)
+    logp = jax.nn.log_softmax(np.asarray(model(windows).logits, dtype=np.float32), axis=-1)
+    targets = windows[:, 1:]
+    nats = -np.take_along_axis(np.asarray(logp[:, :-1]), targets[..., None], axis=-1)[..., 0]
+    text_bytes = sum(len(tokenizer.decode(row).encode("utf-8")) for row in targets)
+    return float(nats.sum()) / targets.size, float(nats.sum()) / text_bytes / math.log(2)
+
+
 def test_pipeline_end_to_end_then_all_cached(prefix, http_base):
     from flows.pretrain import pretrain
 
@@ -201,6 +228,10 @@ def test_pipeline_end_to_end_then_all_cached(prefix, http_base):
     )
     assert results["loss"] < first_eval and results["loss"] < math.log(vocab)
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]))
+    loss, bits_per_byte = _independent_loss_and_bpb(refs, seq_len=params["seq_len"])
+    print(f"independent: loss {loss:.4f}, bits/byte {bits_per_byte:.4f}")
+    assert results["loss"] == pytest.approx(loss, rel=0.005)
+    assert results["bits_per_byte"] == pytest.approx(bits_per_byte, rel=0.02)
     assert (model / "loss.png").stat().st_size > 1000
     assert list((model / "checkpoints").glob("step-*"))
     assert list((model / "hf").glob("step-*/config.json"))

@@ -93,15 +93,42 @@ def test_submit_map_with_options_tags_and_retries(prefix, call_log, monkeypatch)
         with_retry = steps.flaky.with_options(retries=2, tags=["x"])
         return refs, derived.result(), with_retry("ok")
 
-    refs, derived, flaky_ref = fan_out()
+    monkeypatch.setenv("LMFLOWS_TEST_FAIL_ONCE", str(call_log.parent / "failed-once"))
+    state = fan_out(return_state=True)
+    assert state.is_completed(), state.message
+    refs, derived, flaky_ref = state.result()
     assert [r.metadata["n"] for r in refs] == [1, 2, 3]
     assert derived.metadata["sum"] == 0
     assert isinstance(flaky_ref, StepRef) and flaky_ref.name == "t/flaky/ok"
+    assert (call_log.parent / "failed-once").exists(), "the first attempt failed"
     again = fan_out()
     assert again[0] == refs
     assert sorted(calls(call_log)) == sorted(
-        ["source-1", "source-2", "source-3", "derive-5", "flaky-ok"]
-    )
+        ["source-1", "source-2", "source-3", "derive-5", "flaky-ok", "flaky-ok"]
+    ), "the retry ran the step a second time, then everything was cached"
+    runs = _task_runs(state.state_details.flow_run_id)
+    flaky_runs = [r for r in runs if r.name.startswith("t/flaky/ok-")]
+    assert [r.tags for r in flaky_runs] == [["x"]], "tags reach the server"
+    assert flaky_runs[0].run_count == 2 and flaky_runs[0].state.name == "Completed"
+
+
+def _task_runs(flow_run_id):
+    """Task runs as the server recorded them (persisted from events: wait until terminal)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            terminal = [r for r in runs if r.state and r.state.is_final()]
+            if len(terminal) >= 5 or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
 
 
 def test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing(
@@ -138,8 +165,14 @@ def test_corrupt_or_truncated_record_is_a_miss_with_a_warning(prefix, call_log, 
     chain()
     record = Path(steps.source.ref_for(3).path, ".lmflows/commit.json")
     record.write_bytes(content)
+    caplog.set_level("WARNING")
     result = chain()
     assert state_names(result["states"]) == ["Completed", "Cached", "Cached"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        f"commit record in {Path(record).parent.parent}" in w and "recomputing it" in w
+        for w in warned
+    ), warned
     assert calls(call_log).count("source-3") == 2
     assert json.loads(record.read_text())["metadata"]["serializer"]["type"] == "lmflows-stepref"
 

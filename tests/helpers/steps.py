@@ -60,11 +60,16 @@ def gather(parts: list, named: dict, *, output_path: str) -> dict:
 
 @step(hash_attrs=["label"], name="t/flaky/{label}")
 def flaky(label: str, *, output_path: str) -> dict:
-    """Writes a partial file, then fails while LMFLOWS_TEST_FAIL=1."""
+    """Writes a partial file, then fails while LMFLOWS_TEST_FAIL=1 (or on the first attempt
+    when LMFLOWS_TEST_FAIL_ONCE names a file that does not exist yet)."""
     _log(f"flaky-{label}")
     _write(f"{output_path}/partial.txt", f"attempt by {os.getpid()}")
     if os.environ.get("LMFLOWS_TEST_FAIL") == "1":
         raise RuntimeError("planned failure")
+    once = os.environ.get("LMFLOWS_TEST_FAIL_ONCE")  # fail the first attempt only
+    if once and not os.path.exists(once):
+        Path(once).write_text("failed once")
+        raise RuntimeError("planned failure of the first attempt")
     _write(f"{output_path}/done.txt", f"finished by {os.getpid()}")
     return {"pid": os.getpid()}
 

@@ -1,0 +1,308 @@
+"""`make mutants`: plant one plausible bug at a time in a temporary copy of the repository and
+check that the tests guarding that code fail. Not part of CI (it runs the guards once per
+mutant: ~10 minutes on 2 cores).
+
+    python scripts/mutants.py [--only NAME ...] [--list]
+
+Each mutant is (name, file, exact text, replacement, guarding tests). A mutant whose text is
+not found is an error: the list must follow the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    guards: tuple[str, ...]
+
+
+MUTANTS = [
+    # the nine of the test-strength issue
+    Mutant(
+        "lease renewal switched off",
+        "tasks/core/lease.py",
+        "while not held.stop.wait(interval):",
+        "while not held.stop.wait(interval * 1000):",
+        (
+            "tests/test_concurrency.py::test_a_step_longer_than_several_leases_lives_on_renewal_alone",
+        ),
+    ),
+    Mutant(
+        "ifGenerationMatch dropped from gs:// lease writes",
+        "tasks/core/lease.py",
+        'kwargs = {"ifGenerationMatch": if_generation} if if_generation else {}',
+        "kwargs = {}",
+        ("tests/test_gcs.py::test_the_fake_refuses_writes_that_lost_the_generation_race",),
+    ),
+    Mutant(
+        "floats hashed as ints",
+        "tasks/core/identity.py",
+        "        return float(value)\n",
+        "        return int(value) if value.is_integer() else float(value)\n",
+        ("tests/test_pinned.py",),
+    ),
+    Mutant(
+        "learning_rate made operational in train_lm",
+        "tasks/train.py",
+        'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every"],',
+        'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "learning_rate"],',
+        ("tests/test_cli_cache.py::test_lr_sweep_plans_one_training_per_learning_rate",),
+        # (OPTIM_ATTRS loses it below, in the same file, by a second replacement)
+    ),
+    Mutant(
+        "bits_per_byte computed as the loss",
+        "tasks/evaluate.py",
+        '"bits_per_byte": logged.get(f"{prefix}/bpb"),',
+        '"bits_per_byte": loss,',
+        ("tests/test_pipeline.py::test_pipeline_end_to_end_then_all_cached",),
+    ),
+    Mutant(
+        "no warning for an untrusted record",
+        "tasks/core/records.py",
+        '    message = f"{exc}; treating the step as not committed and recomputing it"\n',
+        "    return\n",
+        (
+            "tests/test_runs.py::test_corrupt_or_truncated_record_is_a_miss_with_a_warning",
+            "tests/test_hostile.py::test_a_record_copied_from_another_output_is_never_served",
+        ),
+    ),
+    Mutant(
+        "a dead attempt's staging is not cleared",
+        "tasks/core/outputs.py",
+        "        _discard_local(root)  # what dead attempts left; nobody else holds the lease\n",
+        "",
+        (
+            "tests/test_concurrency.py::"
+            "test_sigkill_mid_step_then_rerun_takes_over_and_serves_nothing_from_the_dead_attempt",
+            "tests/test_runs.py::"
+            "test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing",
+        ),
+    ),
+    Mutant(
+        "with_options drops retries",
+        "tasks/core/decorator.py",
+        "        new = super().with_options(result_storage=None, **options)",
+        '        options.pop("retries", None)\n'
+        "        new = super().with_options(result_storage=None, **options)",
+        ("tests/test_runs.py::test_submit_map_with_options_tags_and_retries",),
+    ),
+    Mutant(
+        "with_options drops tags",
+        "tasks/core/decorator.py",
+        "        new = super().with_options(result_storage=None, **options)",
+        '        options.pop("tags", None)\n'
+        "        new = super().with_options(result_storage=None, **options)",
+        ("tests/test_runs.py::test_submit_map_with_options_tags_and_retries",),
+    ),
+    Mutant(
+        "a foreign lease is treated as expired 5 s early",
+        "tasks/core/lease.py",
+        'return float(lease["expires_at"]) > now and not _holder_is_dead(lease)',
+        'return float(lease["expires_at"]) > now + 5 and not _holder_is_dead(lease)',
+        (
+            "tests/test_concurrency.py::test_expired_lease_of_another_host_is_taken_over_after_expiry",
+        ),
+    ),
+    # the identity rules
+    Mutant(
+        "unclassified parameters accepted",
+        "tasks/core/definition.py",
+        "    if unclassified:\n",
+        "    if False:\n",
+        ("tests/test_declarations.py",),
+    ),
+    Mutant(
+        "a StepRef in an operational parameter accepted",
+        "tasks/core/identity.py",
+        "            if find_refs(value):\n",
+        "            if False:\n",
+        ("tests/test_declarations.py",),
+    ),
+    Mutant(
+        "ref.path accepted as a hash attribute",
+        "tasks/core/identity.py",
+        "        _refuse_prefix_paths(name, param, plain, prefix)\n",
+        "",
+        ("tests/test_declarations.py",),
+    ),
+    Mutant(
+        "walker skips dataclasses",
+        "tasks/core/walk.py",
+        "    fields = _fields(value)\n",
+        "    fields = None\n",
+        ("tests/test_declarations.py",),
+    ),
+    Mutant(
+        "plan hashes uncoerced defaults",
+        "flows/params.py",
+        "            values[name] = param.default\n",
+        "            pass\n",
+        ("tests/test_cli_cache.py::test_plan_hashes_the_parameter_values_a_run_uses",),
+    ),
+    Mutant(
+        "gc deletes under a live lease",
+        "flows/gc.py",
+        "    if not lease.try_acquire(lease_path, holder):\n        return False\n",
+        "    lease.try_acquire(lease_path, holder)\n",
+        (
+            "tests/test_cli_cache.py::"
+            "test_gc_lists_unreachable_outputs_deletes_only_with_delete_and_never_a_live_lease",
+        ),
+    ),
+    # immutable outputs and hostile storage
+    Mutant(
+        "a record copied from another output is served",
+        "tasks/core/records.py",
+        "    if ref.name_with_hash != name_with_hash or ref.sub_path:\n",
+        "    if False:\n",
+        ("tests/test_hostile.py",),
+    ),
+    Mutant(
+        "damaged outputs served (no manifest check)",
+        "tasks/core/records.py",
+        "    problem = manifest_check(out, manifest)\n",
+        "    problem = None\n",
+        ("tests/test_hostile.py", "tests/test_gcs.py"),
+    ),
+    Mutant(
+        "an absurd lease expiry is trusted",
+        "tasks/core/lease.py",
+        "        elif expires > time.time() + MAX_LEASE_SECONDS + CLOCK_SKEW_SECONDS:\n",
+        "        elif False:\n",
+        ("tests/test_hostile.py::test_a_poisoned_lease_file_is_treated_as_expired_with_a_warning",),
+    ),
+    Mutant(
+        "writing through a symlinked output",
+        "tasks/core/outputs.py",
+        "        if os.path.islink(candidate):\n",
+        "        if False:\n",
+        ("tests/test_hostile.py",),
+    ),
+    Mutant(
+        "publishing writes into the final folder (no staging)",
+        "tasks/core/outputs.py",
+        "    if storage.is_local(prefix):\n        root = storage.staging_root",
+        "    if False:\n        root = storage.staging_root",
+        ("tests/test_concurrency.py", "tests/test_hostile.py"),
+    ),
+    Mutant(
+        "names may end in a newline",
+        "tasks/core/identity.py",
+        "        if not _SEGMENT.fullmatch(segment):",
+        "        if not _SEGMENT.match(segment):",
+        ("tests/test_hostile.py::test_bad_names_are_refused_before_anything_runs",),
+    ),
+    Mutant(
+        "bad LMFLOWS_LEASE_SECONDS accepted",
+        "tasks/core/lease.py",
+        "    if not math.isfinite(value) or value <= 0 or value > MAX_LEASE_SECONDS:\n",
+        "    if value <= 0:\n",
+        ("tests/test_hostile.py::test_bad_lease_seconds_is_one_line_before_anything_runs",),
+    ),
+]
+
+# Extra replacements a mutant needs to be coherent (the same bug in a second place).
+EXTRA = {
+    "learning_rate made operational in train_lm": [
+        ("tasks/train.py", 'OPTIM_ATTRS = [\n    "learning_rate",\n', "OPTIM_ATTRS = [\n")
+    ],
+}
+
+
+def _copy_repo(target: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        source = REPO / rel
+        if source.is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / rel)
+
+
+def _apply(root: Path, path: str, old: str, new: str) -> None:
+    file = root / path
+    text = file.read_text()
+    if old not in text:
+        raise SystemExit(f"mutant text not found in {path}: {old!r} (update scripts/mutants.py)")
+    file.write_text(text.replace(old, new, 1))
+
+
+def run(mutant: Mutant, python: str) -> tuple[bool, float, str]:
+    with tempfile.TemporaryDirectory(prefix="lmflows-mutant-") as tmp:
+        root = Path(tmp)
+        _copy_repo(root)
+        _apply(root, mutant.path, mutant.old, mutant.new)
+        for path, old, new in EXTRA.get(mutant.name, []):
+            _apply(root, path, old, new)
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        where = subprocess.run(
+            [python, "-c", "import tasks; print(tasks.__file__)"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if not where.startswith(str(root)):
+            raise SystemExit(f"the copy is not what Python imports ({where}); cannot run")
+        started = time.monotonic()
+        result = subprocess.run(
+            [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.guards],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        last = (result.stdout.strip().splitlines() or [""])[-1]
+        return result.returncode != 0, time.monotonic() - started, last
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", default=None, help="substrings of mutant names")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if args.only is None or any(s in m.name for s in args.only)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.path} -> {' '.join(m.guards)}")
+        return 0
+    python = str(REPO / ".venv" / "bin" / "python")
+    if not os.path.exists(python):
+        python = sys.executable
+    missed = []
+    for mutant in chosen:
+        caught, seconds, last = run(mutant, python)
+        print(
+            f"{'caught' if caught else 'MISSED'}  {seconds:6.1f} s  {mutant.name}  [{last}]",
+            flush=True,
+        )
+        if not caught:
+            missed.append(mutant.name)
+    print(f"{len(chosen) - len(missed)} of {len(chosen)} mutants caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
