@@ -9,6 +9,7 @@ BENCHES = [
     "benches.plan_scale",
     "benches.cli_wall",
     "benches.cached_chain",
+    "benches.commit_cost",
     "benches.tokenize_throughput",
     "benches.dedup_throughput",
     "benches.train_step_time",

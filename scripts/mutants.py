@@ -62,7 +62,10 @@ MUTANTS = [
         "tasks/train.py",
         'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every"],',
         'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "learning_rate"],',
-        ("tests/test_cli_cache.py::test_lr_sweep_plans_one_training_per_learning_rate",),
+        (
+            "tests/test_cli_cache.py::test_lr_sweep_plans_one_training_per_learning_rate",
+            "tests/test_declarations.py::test_operational_parameters_are_pinned",
+        ),
         # (OPTIM_ATTRS loses it below, in the same file, by a second replacement)
     ),
     Mutant(

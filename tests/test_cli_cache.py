@@ -207,6 +207,17 @@ def test_lr_sweep_plans_one_training_per_learning_rate(tmp_path):
     assert [ln for ln in one.stdout.splitlines() if ln.startswith("checkpoints/")][0].startswith(
         "checkpoints/sweep-kjv-lr0.02-"
     )
+    # two rates that print alike in the step name (0.001): only the hash tells them apart
+    close = flows_cli(
+        "plan",
+        "lr_sweep",
+        "--param",
+        "learning_rates=[0.001, 0.0010000001]",
+        "--prefix",
+        str(tmp_path / "p"),
+    )
+    trainings = [ln.split()[0] for ln in close.stdout.splitlines() if ln.startswith("checkpo")]
+    assert len(trainings) == 2 and len(set(trainings)) == 2, close.stdout
 
 
 # --- found by attacking the first version -----------------------------------------------------

@@ -387,3 +387,18 @@ def test_paths_under_the_prefix_are_found_however_they_are_spelled(tmp_path, mon
 
     with pytest.raises(PrefixError, match="filesystem root"):
         normalize_prefix("/")
+
+
+# What each pipeline step may treat as operational, pinned: moving a parameter here is a
+# decision that re-uses outputs across its values, and must be made in this test too.
+OPERATIONAL = {
+    "dedup.dedup": {"processes", "chunk_size"},
+    "download.download_url": {"expected_sha256"},
+    "tokenization.tokenize": {"batch_size"},
+    "train.train_lm": {"steps_per_eval", "max_eval_batches", "checkpoint_every"},
+}
+
+
+@pytest.mark.parametrize("label, task", PIPELINE, ids=[n for n, _ in PIPELINE])
+def test_operational_parameters_are_pinned(label, task):
+    assert set(task.definition.operational) == OPERATIONAL.get(label, set())
