@@ -311,9 +311,9 @@ def test_mappings_keep_their_type_and_init_false_fields_are_fine():
     assert refs_to_paths(value) is value
     ordered = collections.OrderedDict(a=steps.source.ref_for(1))
     walked = refs_to_paths(ordered)
-    assert type(walked) is collections.OrderedDict and walked["a"].endswith("t/source-" + (
-        steps.source.ref_for(1).hash
-    ))
+    assert type(walked) is collections.OrderedDict and walked["a"].endswith(
+        "t/source-" + (steps.source.ref_for(1).hash)
+    )
     default = collections.defaultdict(list, b=[1])
     assert refs_to_paths(default) is default
     assert post_init.ref_for(Scaled(2), cache=WithCache(3)).hash

@@ -57,9 +57,9 @@ def test_a_record_copied_from_another_output_is_never_served(prefix, call_log, c
     assert [s.name for s in again["states"]] == ["Completed", "Cached", "Cached"]
     assert again["refs"][0] == a and again["refs"][0].metadata == {"n": 3}
     assert calls(call_log).count("source-3") == 2
-    assert any(
-        f"in {a.path} belongs to '{b.name_with_hash}'" in w for w in warnings_of(caplog)
-    ), warnings_of(caplog)
+    assert any(f"in {a.path} belongs to '{b.name_with_hash}'" in w for w in warnings_of(caplog)), (
+        warnings_of(caplog)
+    )
 
 
 def test_a_planted_record_escaping_its_folder_is_refused_everywhere(prefix, call_log, tmp_path):
