@@ -23,8 +23,15 @@ Set LMFLOWS_DEBUG=1 to see the traceback behind an error line.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line like every other error (usage is in --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lmflows: error: {message} (see python -m flows --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m flows",
         epilog=USAGE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -301,7 +308,8 @@ def cmd_run(
         print(f"lmflows: watch it in the Prefect UI: {ui_url(api_url)}/runs")
     from flows.watch import ServerWatch, exit_now
 
-    watch = ServerWatch(api_url, settled=_settled(plan, prefix)) if api_url else None
+    settlement = _Settlement(plan, prefix)
+    watch = ServerWatch(api_url, settled=settlement.poll) if api_url else None
     try:
         if watch is not None:
             watch.__enter__()
@@ -316,7 +324,7 @@ def cmd_run(
             watch.__exit__()
     if watch is not None and (watch.lost or state is None or not watch.healthy()):
         watch.mark_lost()
-        exit_now(_settle_without_server(plan, prefix))
+        exit_now(settlement.final())
     assert state is not None
     flow_run_id = state.state_details.flow_run_id
     if api_url and flow_run_id:
@@ -325,29 +333,45 @@ def cmd_run(
     return 0 if state.is_completed() else 1
 
 
-def _settled(plan, prefix: str):
-    """For the server watch: exit code 0 once every planned step is committed, else None."""
+class _Settlement:
+    """What storage says about a run whose server went away. A forced step counts only once
+    its commit record changed (its old commit is not this run's work)."""
 
-    def check() -> int | None:
-        plan.check_status()
-        if all(item.status == "committed" for item in plan.steps.values()):
-            return _settle_without_server(plan, prefix)
+    def __init__(self, plan, prefix: str) -> None:
+        self.plan, self.prefix = plan, prefix
+        self.before = {
+            key: _commit_bytes(key, prefix) for key, item in plan.steps.items() if item.forced
+        }
+
+    def committed(self) -> int:
+        self.plan.check_status()
+        return sum(
+            item.status == "committed"
+            and (key not in self.before or _commit_bytes(key, self.prefix) != self.before[key])
+            for key, item in self.plan.steps.items()
+        )
+
+    def poll(self) -> int | None:
+        """For the server watch: the exit code once every step is committed, else None."""
+        return self.final() if self.committed() == len(self.plan.steps) else None
+
+    def final(self) -> int:
+        committed, total = self.committed(), len(self.plan.steps)
+        print(
+            f"lmflows: {committed} of {total} steps are committed under {self.prefix} "
+            "(read from storage; the server saw only part of the run)",
+            file=sys.stderr,
+        )
+        return 0 if committed == total else 1
+
+
+def _commit_bytes(name_with_hash: str, prefix: str) -> bytes | None:
+    from tasks.core import storage
+
+    try:
+        return storage.read_bytes(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
+    except OSError:
         return None
-
-    return check
-
-
-def _settle_without_server(plan, prefix: str) -> int:
-    """The server went away: storage says how the run went (0 when every step committed)."""
-    plan.check_status()
-    committed = sum(item.status == "committed" for item in plan.steps.values())
-    total = len(plan.steps)
-    print(
-        f"lmflows: {committed} of {total} steps are committed under {prefix} "
-        "(read from storage; the server saw only part of the run)",
-        file=sys.stderr,
-    )
-    return 0 if committed == total else 1
 
 
 def _run_flow(flow, api_url: str | None, params: dict):
@@ -503,12 +527,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from flows.loader import ExperimentError
     from flows.params import ParameterError
+    from flows.server import ServerError, server_port
     from tasks.core.lease import LeaseSettingError, lease_seconds
     from tasks.core.outputs import OutputPathError
     from tasks.core.storage import PrefixError
 
     try:
         lease_seconds()  # settings are checked once, before anything runs
+        server_port()
         _apply_prefix(args.prefix)
         if args.command == "status":
             return cmd_status()
@@ -532,6 +558,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         ParameterError,
         LeaseSettingError,
         OutputPathError,
+        ServerError,
     ) as exc:
         if os.environ.get("LMFLOWS_DEBUG"):
             raise

@@ -40,6 +40,22 @@ def ui_url(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
+class ServerError(RuntimeError):
+    """The Prefect API cannot be used (bad port setting, a configured URL that does not
+    answer, a server that would not start); one line for the user."""
+
+
+def server_port() -> int:
+    raw = os.environ.get(PORT_ENV, str(DEFAULT_PORT))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ServerError(f"{PORT_ENV}={raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ServerError(f"{PORT_ENV}={raw!r} is not a port number (1-65535)")
+    return port
+
+
 def ensure_server(mode: str = "auto", announce=print) -> str | None:
     """Return the API URL runs should use, starting a local server if needed.
 
@@ -48,10 +64,15 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
     """
     configured = configured_api_url()
     if configured:
+        if not healthy(configured):  # used as it is, but a run against nothing cannot start
+            raise ServerError(
+                f"the Prefect API at {configured} (PREFECT_API_URL) does not answer; start "
+                "that server, or unset PREFECT_API_URL to use a local one"
+            )
         return configured
     if mode == "ephemeral":
         return None
-    port = int(os.environ.get(PORT_ENV, DEFAULT_PORT))
+    port = server_port()
     api_url = f"http://127.0.0.1:{port}/api"
     if not healthy(api_url):
         announce(
@@ -78,7 +99,7 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
             if time.monotonic() > deadline:
-                raise RuntimeError(
+                raise ServerError(
                     f"the Prefect server on port {port} did not become healthy "
                     f"within {START_TIMEOUT_S:.0f} s"
                 )

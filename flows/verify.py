@@ -27,6 +27,8 @@ def verify_output(name_with_hash: str, prefix: str) -> Verdict:
         content = storage.read_bytes(path)
     except FileNotFoundError:
         return Verdict(name_with_hash, ["no commit record"])
+    except OSError as exc:  # a folder, a FIFO, a huge planted file
+        return Verdict(name_with_hash, [f"the commit record cannot be read: {exc}"])
     try:
         ref, files = records.parse_commit(content, f"in {out}")
     except records.UnsafeRecordError as exc:

@@ -349,3 +349,125 @@ def test_ctrl_c_exits_130_with_one_line(prefix, tmp_path):
     assert proc.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "lmflows: interrupted"
     assert "Traceback" not in stderr
+
+
+# --- found by attacking the second version ----------------------------------------------------
+
+
+def test_a_commit_that_cannot_be_written_fails_the_step(prefix, call_log, monkeypatch):
+    import errno
+
+    real = storage.write_atomic
+
+    def disk_full(path: str, content: bytes) -> None:
+        if path.endswith("commit.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real(path, content)
+
+    monkeypatch.setattr(storage, "write_atomic", disk_full)
+    state = pair(return_state=True)
+    assert state.is_failed(), "a step whose commit failed must not finish Completed"
+    a = steps.source.ref_for(3)
+    assert not Path(a.path).exists()
+    assert "derive-1" not in calls(call_log), "nothing downstream ran on a missing output"
+    monkeypatch.setattr(storage, "write_atomic", real)
+    assert [s.name for s in pair()["states"]] == ["Completed", "Completed", "Completed"]
+
+
+def test_a_link_planted_in_the_staging_area_is_never_followed(prefix, tmp_path):
+    victim = tmp_path / "victim" / f"source-{steps.source.ref_for(3).hash}"
+    victim.mkdir(parents=True)
+    (victim / "important.txt").write_text("precious")
+    staging = Path(prefix, ".lmflows", "staging")
+    staging.mkdir(parents=True)
+    (staging / "t").symlink_to(tmp_path / "victim")
+    state = pair(return_state=True)
+    assert state.is_failed()
+    assert (victim / "important.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["commit-is-a-folder", "output-is-a-file", "deep-json", "nul-in-manifest", "sparse-3g", "fifo"],
+)
+def test_malformed_files_are_misses_and_never_crash_a_command(prefix, call_log, damage):
+    a = pair()["refs"][0]
+    out = Path(a.path)
+    record = out / ".lmflows" / "commit.json"
+    if damage == "commit-is-a-folder":
+        record.unlink()
+        record.mkdir()
+    elif damage == "output-is-a-file":
+        shutil.rmtree(out)
+        out.write_text("not a folder")
+    elif damage == "deep-json":
+        record.write_text("[" * 200000)
+    elif damage == "nul-in-manifest":
+        content = json.loads(record.read_text())
+        result = json.loads(content["result"])
+        result["manifest"]["files"]["x\u0000y"] = {"bytes": 1}
+        content["result"] = json.dumps(result)
+        record.write_text(json.dumps(content))
+    elif damage == "sparse-3g":
+        with open(record, "r+b") as handle:
+            handle.truncate(3 << 30)
+    elif damage == "fifo":
+        data = out / "data.json"
+        data.unlink()
+        os.mkfifo(data)
+    for command in (
+        ["plan", "tests/data/file_experiment.py"],
+        ["status"],
+        ["show", a.name_with_hash],
+        ["gc"],
+        ["verify"],
+        ["explain", "tests/data/file_experiment.py"],
+    ):
+        result = flows_cli(*command, "--prefix", prefix, timeout=60)
+        assert "Traceback" not in result.stderr, (command, result.stderr[-2000:])
+        assert result.returncode in (0, 1), (command, result.returncode, result.stderr[-2000:])
+        assert not result.stderr.startswith("lmflows: error:"), (command, result.stderr)
+    again = pair()
+    assert again["states"][0].name == "Completed", "the damaged output is recomputed"
+    assert json.loads(Path(a.path, "data.json").read_text()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "body", [b"[1]", b'{"expires_at": 1' + b"0" * 400 + b', "token": "x"}', b"[" * 100000]
+)
+def test_lease_files_that_are_folders_or_absurd_numbers_count_as_expired(prefix, body):
+    ref = steps.source.ref_for(3)
+    lease_file = Path(storage.lease_path(ref.name_with_hash))
+    lease_file.parent.mkdir(parents=True)
+    if body == b"[1]":
+        lease_file.mkdir()  # a folder where the lease file belongs
+    else:
+        lease_file.write_bytes(body)
+    plan = flows_cli("plan", "tests/data/file_experiment.py", "--prefix", prefix)
+    assert plan.returncode == 0 and "Traceback" not in plan.stderr, plan.stderr[-2000:]
+    assert pair()["states"][0].name == "Completed"
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["run", "toy"], {"LMFLOWS_SERVER_PORT": "abc"}, "LMFLOWS_SERVER_PORT='abc' is not a port"),
+        (["plan", "toy"], {"LMFLOWS_PREFIX": "/etc/passwd"}, "is a file, not a folder"),
+        (["plan", "toy"], {"LMFLOWS_PREFIX": ""}, "LMFLOWS_PREFIX is set but empty"),
+        (
+            ["run", "toy"],
+            {"PREFECT_API_URL": "http://127.0.0.1:9/api"},
+            "the Prefect API at http://127.0.0.1:9/api (PREFECT_API_URL) does not answer",
+        ),
+        (["run", "toy"], {"LMFLOWS_LEASE_SECONDS": "0.001"}, "must be a number of seconds from 1"),
+        (["show"], {}, "the following arguments are required"),
+        (["run", "toy", "--runner", "x"], {}, "invalid choice: 'x'"),
+    ],
+)
+def test_bad_settings_and_arguments_are_one_line(args, env, message, tmp_path):
+    extra = [] if "LMFLOWS_PREFIX" in env else ["--prefix", str(tmp_path / "o")]
+    result = flows_cli(*args, *extra, env=env)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmflows: error:"), result.stderr[-2000:]
+    assert message in lines[0]

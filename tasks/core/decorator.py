@@ -96,6 +96,8 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
                 provenance.build(identity, fn, started, time.time(), prefix, notes),
             )
             attempt.manifest = manifest.build(attempt.write_path)
+            ref = StepRef(identity.name, identity.hash, metadata=metadata)
+            records.commit(attempt, ref)  # fenced; a failure fails the task, never "Completed"
         except BaseException as exc:
             if lease.holds(lease_path):  # a holder that lost its lease leaves no trace
                 outputs.record_failure(attempt, exc, started)
@@ -103,8 +105,7 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             raise
         finally:
             provenance.stop_collecting(token)
-        outputs.set_pending(attempt)  # committed by StepStorage when Prefect writes the record
-        return StepRef(identity.name, identity.hash, metadata=metadata)
+        return ref
 
     run_step.__signature__ = signature  # type: ignore[attr-defined]
     return run_step

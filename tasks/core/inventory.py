@@ -133,18 +133,21 @@ def describe(name_with_hash: str, prefix: str | None = None) -> dict:
 
 
 def list_files(out: str) -> list[dict]:
-    """The output's own files (not `.lmflows/`), relative paths with sizes; links not followed."""
-    files = []
+    """The output's own files (not `.lmflows/`), relative paths with sizes; links are listed
+    as links (to files or folders, dangling or not), never followed."""
     if storage.is_local(out):
-        for root, dirs, names in os.walk(out):
-            dirs[:] = sorted(d for d in dirs if root != out or d != storage.META_DIR)
-            for name in sorted(names):
-                path = os.path.join(root, name)
-                try:
-                    size = os.lstat(path).st_size
-                except FileNotFoundError:
-                    continue
-                files.append({"path": os.path.relpath(path, out), "bytes": size})
+        from tasks.core.manifest import relative_files_local
+
+        files = []
+        for rel in relative_files_local(out):
+            try:
+                info = os.lstat(os.path.join(out, rel))
+            except OSError:
+                continue
+            entry = {"path": rel, "bytes": info.st_size}
+            if os.path.islink(os.path.join(out, rel)):
+                entry["link"] = os.readlink(os.path.join(out, rel))
+            files.append(entry)
         return files
     fs, base = storage.filesystem(out)
     meta = f"{base.rstrip('/')}/{storage.META_DIR}/"

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -50,7 +51,9 @@ class LeaseLostError(RuntimeError):
 # lmflows process can claim to expire (plus CLOCK_SKEW_SECONDS between hosts). A lease file
 # claiming more is not trusted: otherwise one planted file blocks a step forever.
 MAX_LEASE_SECONDS = 86400.0
+MIN_LEASE_SECONDS = 1.0  # renewal every third of it must outrun a round trip to storage
 CLOCK_SKEW_SECONDS = 300.0
+MAX_LEASE_FILE_BYTES = 64 << 10
 
 
 class LeaseSettingError(ValueError):
@@ -66,10 +69,10 @@ def lease_seconds() -> float:
         value = float(raw)
     except ValueError:
         raise LeaseSettingError(f"{LEASE_SECONDS_ENV}={raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0 or value > MAX_LEASE_SECONDS:
+    if not math.isfinite(value) or not MIN_LEASE_SECONDS <= value <= MAX_LEASE_SECONDS:
         raise LeaseSettingError(
-            f"{LEASE_SECONDS_ENV}={raw!r} must be a finite number of seconds above 0 and at "
-            f"most {MAX_LEASE_SECONDS:.0f}"
+            f"{LEASE_SECONDS_ENV}={raw!r} must be a number of seconds from "
+            f"{MIN_LEASE_SECONDS:.0f} to {MAX_LEASE_SECONDS:.0f}"
         )
     return value
 
@@ -84,8 +87,10 @@ def _valid(lease: Any, where: str) -> dict[str, Any]:
     else:
         expires = lease.get("expires_at")
         if isinstance(expires, bool) or not isinstance(expires, (int, float)):
-            problem = f"has expires_at={expires!r}, not a number"
-        elif not math.isfinite(expires):
+            problem = f"has expires_at={str(expires)[:40]!r}, not a number"
+        elif abs(expires) > 1e15:  # also keeps float() of a 400-digit int from overflowing
+            problem = "claims an expiry beyond any lease lmflows writes"
+        elif not math.isfinite(float(expires)):
             problem = f"has a non-finite expires_at={expires!r}"
         elif expires > time.time() + MAX_LEASE_SECONDS + CLOCK_SKEW_SECONDS:
             problem = (
@@ -147,6 +152,7 @@ class _LocalLeases:
     @contextlib.contextmanager
     def _guard(self, lease_path: str) -> Iterator[None]:
         guard = lease_path[: -len(".json")] + ".guard"
+        storage.refuse_links_below(os.path.dirname(guard))
         os.makedirs(os.path.dirname(guard), exist_ok=True)
         fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -159,10 +165,12 @@ class _LocalLeases:
 
     def read(self, lease_path: str) -> dict[str, Any] | None:
         try:
-            with open(lease_path, "rb") as handle:
-                content = handle.read()
+            content = storage.read_bytes(lease_path, MAX_LEASE_FILE_BYTES)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a directory, a FIFO, a huge file: not a lease we wrote
+            logger.warning("lease %s cannot be read (%s); treating it as expired", lease_path, exc)
+            return {}
         return _valid(_json_or_none(content), lease_path)
 
     @contextlib.contextmanager
@@ -182,6 +190,8 @@ class _LocalLeases:
         with self._guard(lease_path):
             if not _may_replace(self.read(lease_path), expect_token, only_if_free):
                 return False
+            if os.path.isdir(lease_path) and not os.path.islink(lease_path):
+                shutil.rmtree(lease_path)  # planted in lmflows' own state folder: garbage
             if new is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(lease_path)
@@ -200,6 +210,8 @@ class _GcsLeases:
         fs, path = self._fs(lease_path)
         try:
             info = fs.info(path, refresh=True)
+            if int(info.get("size") or 0) > MAX_LEASE_FILE_BYTES:
+                return _valid("a huge file", lease_path), str(info.get("generation") or "")
             content = fs.cat_file(path)
         except FileNotFoundError:
             return None, "0"
@@ -289,7 +301,7 @@ class _OtherLeases(_GcsLeases):
 def _json_or_none(content: bytes) -> Any:
     try:
         return json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "unreadable JSON"
 
 

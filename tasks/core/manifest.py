@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from typing import Any
 
 from tasks.core import storage
@@ -17,7 +18,7 @@ from tasks.core import storage
 CHUNK = 1 << 20
 
 
-def _relative_files_local(out: str) -> list[str]:
+def relative_files_local(out: str) -> list[str]:
     found = []
     for root, dirs, names in os.walk(out):  # os.walk never follows directory links
         if root == out:
@@ -41,8 +42,10 @@ def _sha256(path: str) -> str:
 
 def _local_entry(path: str, checksum: bool) -> dict[str, Any]:
     info = os.lstat(path)
-    if os.path.islink(path):
+    if stat.S_ISLNK(info.st_mode):
         return {"symlink": os.readlink(path)}
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device: never opened (it could block)
+        return {"special": stat.S_IFMT(info.st_mode)}
     entry: dict[str, Any] = {"bytes": info.st_size}
     if checksum:
         entry["sha256"] = _sha256(path)
@@ -73,7 +76,7 @@ def build(out: str) -> dict[str, Any]:
     """The manifest of the output directory `out` (excluding `.lmflows/`)."""
     if storage.is_local(out):
         files = {
-            rel: _local_entry(os.path.join(out, rel), True) for rel in _relative_files_local(out)
+            rel: _local_entry(os.path.join(out, rel), True) for rel in relative_files_local(out)
         }
     else:
         fs, _ = storage.filesystem(out)
@@ -95,9 +98,9 @@ def quick_problem(out: str, manifest: Any) -> str | None:
                 have = _local_entry(path, False)
             except OSError:
                 return f"file {rel} is missing"
-            if "symlink" in want or "symlink" in have:
+            if "bytes" not in want or "bytes" not in have:
                 if want != have:
-                    return f"link {rel} changed"
+                    return f"{rel} changed kind (file, link or special)"
             elif have["bytes"] != want.get("bytes"):
                 return f"file {rel} has {have['bytes']} bytes, {want.get('bytes')} committed"
         return None
@@ -119,7 +122,7 @@ def problems(out: str, manifest: Any) -> list[str]:
         return ["its commit record carries no valid manifest"]
     found: list[str] = []
     if storage.is_local(out):
-        present = set(_relative_files_local(out)) if os.path.isdir(out) else set()
+        present = set(relative_files_local(out)) if os.path.isdir(out) else set()
         for rel, want in sorted(files.items()):
             if rel not in present:
                 found.append(f"file {rel} is missing")
@@ -152,5 +155,7 @@ def _files(manifest: Any) -> dict[str, dict[str, Any]] | None:
 
 def _safe_relative(rel: Any) -> bool:
     if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        return False
+    if "\x00" in rel:
         return False
     return all(part not in ("", ".", "..") for part in rel.split("/"))

@@ -19,7 +19,6 @@ import dataclasses
 import errno
 import os
 import shutil
-import threading
 import time
 import traceback
 import uuid
@@ -27,9 +26,8 @@ from typing import Any
 
 from tasks.core import storage
 
-
-class OutputPathError(ValueError):
-    """An output location that lmflows refuses to write (e.g. a symlink out of the prefix)."""
+# An output location lmflows refuses to write (a path through a symbolic link).
+OutputPathError = storage.LinkedPathError
 
 
 @dataclasses.dataclass
@@ -43,25 +41,9 @@ class Attempt:
     manifest: dict[str, Any] | None = None
 
 
-# name-with-hash -> the attempt this process is about to commit (set by the step body,
-# consumed by the commit-record write in the same task run).
-_PENDING: dict[tuple[str, str], Attempt] = {}
-_PENDING_LOCK = threading.Lock()
-
-
 def refuse_symlinked_output(name_with_hash: str, prefix: str) -> None:
-    """An output directory that is a link could point anywhere: never write through it."""
-    if not storage.is_local(prefix):
-        return
-    path = storage.output_dir(name_with_hash, prefix)
-    parts = name_with_hash.split("/")
-    for depth in range(1, len(parts) + 1):
-        candidate = os.path.join(prefix, *parts[:depth])
-        if os.path.islink(candidate):
-            raise OutputPathError(
-                f"output {path}: {candidate} is a symbolic link; lmflows never writes through "
-                "links (remove it, or point LMFLOWS_PREFIX at the real folder)"
-            )
+    """An output directory that is (or passes through) a link could point anywhere."""
+    storage.refuse_links_below(storage.output_dir(name_with_hash, prefix), prefix)
 
 
 def begin(name_with_hash: str, prefix: str) -> Attempt:
@@ -69,6 +51,7 @@ def begin(name_with_hash: str, prefix: str) -> Attempt:
     refuse_symlinked_output(name_with_hash, prefix)
     if storage.is_local(prefix):
         root = storage.staging_root(name_with_hash, prefix)
+        storage.refuse_links_below(root, prefix)  # a planted link must not steer the rmtree
         _discard_local(root)  # what dead attempts left; nobody else holds the lease
         write_path = os.path.join(root, uuid.uuid4().hex[:12])
         os.makedirs(write_path)
@@ -82,21 +65,9 @@ def begin(name_with_hash: str, prefix: str) -> Attempt:
     return Attempt(name_with_hash, prefix, out, staged=False)
 
 
-def set_pending(attempt: Attempt) -> None:
-    with _PENDING_LOCK:
-        _PENDING[(attempt.prefix, attempt.name_with_hash)] = attempt
-
-
-def take_pending(prefix: str, name_with_hash: str) -> Attempt | None:
-    with _PENDING_LOCK:
-        return _PENDING.pop((prefix, name_with_hash), None)
-
-
 def abandon(attempt: Attempt) -> None:
     """Remove a failed attempt's staging directory (a gs:// attempt leaves its files)."""
-    with _PENDING_LOCK:
-        _PENDING.pop((attempt.prefix, attempt.name_with_hash), None)
-    if attempt.staged:
+    if attempt.staged and os.path.lexists(attempt.write_path):
         _discard_local(attempt.write_path)
 
 
@@ -106,6 +77,7 @@ def publish(attempt: Attempt) -> str | None:
     if not attempt.staged:
         return None
     refuse_symlinked_output(attempt.name_with_hash, attempt.prefix)
+    storage.refuse_links_below(attempt.write_path, attempt.prefix)
     final = storage.output_dir(attempt.name_with_hash, attempt.prefix)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     try:
@@ -121,6 +93,7 @@ def publish(attempt: Attempt) -> str | None:
     # Two renames: for an instant there is no output (readers see "not committed"), but
     # never a mix of two versions.
     old = os.path.join(storage.trash_dir(attempt.prefix), uuid.uuid4().hex)
+    storage.refuse_links_below(old, attempt.prefix)
     os.makedirs(os.path.dirname(old), exist_ok=True)
     os.rename(final, old)
     os.rename(attempt.write_path, final)
@@ -198,6 +171,7 @@ def delete_output(name_with_hash: str, prefix: str) -> None:
     if storage.is_local(out):
         if os.path.lexists(out):
             old = os.path.join(storage.trash_dir(prefix), uuid.uuid4().hex)
+            storage.refuse_links_below(old, prefix)
             os.makedirs(os.path.dirname(old), exist_ok=True)
             os.rename(out, old)
             _discard_local(old)

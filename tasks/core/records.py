@@ -58,7 +58,7 @@ def parse_commit(content: bytes, where: str) -> tuple[StepRef, Any]:
     """Validate a commit record's bytes; its StepRef and manifest, or UnsafeRecordError."""
     try:
         record = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UnsafeRecordError(f"commit record {where} is not valid JSON ({exc})") from exc
     if not isinstance(record, dict) or set(record) != {"metadata", "result"}:
         raise UnsafeRecordError(f"commit record {where} does not have the record shape")
@@ -78,7 +78,7 @@ def parse_commit(content: bytes, where: str) -> tuple[StepRef, Any]:
         data = json.loads(result)
         manifest = data.pop(MANIFEST_KEY, None) if isinstance(data, dict) else None
         return StepRef.from_json(data), manifest
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise UnsafeRecordError(f"commit record {where}: {exc}") from exc
 
 
@@ -99,6 +99,11 @@ def check_commit(content: bytes, name_with_hash: str, prefix: str) -> StepRef:
         validate_name(ref.name)
     except ValueError as exc:
         raise UnsafeRecordError(f"commit record in {out}: {exc}") from None
+    if storage.is_local(prefix):
+        try:
+            outputs.refuse_symlinked_output(name_with_hash, prefix)
+        except outputs.OutputPathError as exc:
+            raise UnsafeRecordError(str(exc)) from None
     problem = manifest_check(out, manifest)
     if problem is not None:
         raise UnsafeRecordError(f"output {out} is damaged: {problem}")
@@ -138,6 +143,9 @@ def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | Non
     except FileNotFoundError:
         forget(path)
         return None
+    except OSError as exc:  # a directory, a FIFO, an output folder replaced by a file ...
+        warn_bad_record(UnsafeRecordError(f"commit record {path} cannot be read: {exc}"))
+        return None
     try:
         ref = check_commit(content, name_with_hash, prefix or storage.current_prefix())
     except UnsafeRecordError as exc:
@@ -168,16 +176,54 @@ def warn_bad_record(exc: Exception) -> None:
         logger.warning(message)
 
 
-def _finish_record(content: bytes, relative: str, manifest: Any) -> bytes:
-    """Prefect's record with the manifest added to the reference, and its storage key made
-    relative: Prefect records the absolute path, but a copied bucket should hold no trace of
-    where it came from (reads use the key anyway)."""
-    record = json.loads(content)
-    record["metadata"]["storage_key"] = relative
-    result = json.loads(record["result"])
+def record_bytes(ref: StepRef, manifest: Any) -> bytes:
+    """The commit record of `ref`: Prefect's own result-record format (so Prefect reads it as
+    a cache hit), our serializer, a storage key relative to the prefix (a copied bucket holds
+    no trace of where it came from), and the output's manifest inside the reference."""
+    from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+
+    record = ResultRecord(
+        result=ref,
+        metadata=ResultRecordMetadata(
+            serializer=StepRefSerializer(),
+            expiration=None,
+            storage_key=storage.commit_key(ref.name_with_hash),
+            storage_block_id=None,
+        ),
+    )
+    data = json.loads(record.serialize())
+    result = json.loads(data["result"])
     result[MANIFEST_KEY] = manifest
-    record["result"] = json.dumps(result, sort_keys=True)
-    return json.dumps(record, separators=(",", ":")).encode()
+    data["result"] = json.dumps(result, sort_keys=True)
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+# Outputs this process committed in the step body and whose record Prefect is about to write
+# again through StepStorage (a no-op then).
+_COMMITTED: set[tuple[str, str]] = set()
+
+
+def commit(attempt: outputs.Attempt, ref: StepRef) -> None:
+    """Write the commit record and publish the attempt, fenced, inside the step body.
+
+    Done here rather than when Prefect's transaction writes the record: Prefect logs a failed
+    transaction commit and still finishes the task `Completed`, which would hand downstream
+    steps an output that does not exist (disk full, a lost lease, a cross-device rename).
+    Raising here fails the task instead."""
+    root, name_with_hash = attempt.prefix, attempt.name_with_hash
+    content = record_bytes(ref, attempt.manifest)
+    path = storage.meta_path(name_with_hash, storage.COMMIT_FILE, root)
+    forget(path)
+    replaced = None
+    with lease.fenced(storage.lease_path(name_with_hash, root)):
+        if attempt.staged:
+            storage.write_atomic(storage.join(attempt.write_path, storage.COMMIT_FILE), content)
+            replaced = outputs.publish(attempt)
+        else:
+            storage.write_atomic(path, content)
+    _COMMITTED.add((root, name_with_hash))
+    outputs.discard(replaced)
+    outputs.clear_failure(name_with_hash, root)
 
 
 class StepStorage(WritableFileSystem):
@@ -186,9 +232,8 @@ class StepStorage(WritableFileSystem):
     Resolving at use time (not at decoration time) is what lets `--prefix`, a Ray worker's
     environment or a copied bucket decide where records live. Only commit records are ever
     written: Prefect's failure records (random UUID keys at the storage root) are dropped,
-    because the step writes its own `failed.json` beside its lease. Writing a commit record
-    publishes the attempt: on local disk the staged directory, record inside, is moved into
-    place under the lease guard.
+    because the step writes its own `failed.json` beside its lease; and the commit record
+    itself is written by the step body (`commit`), so Prefect's write of it is a no-op.
     """
 
     _block_type_name: ClassVar[str] = "lmflows step storage"
@@ -219,7 +264,13 @@ class StepStorage(WritableFileSystem):
         name_with_hash = storage.name_with_hash_of_key(relative)
         if name_with_hash is None:
             raise FileNotFoundError(path)  # lmflows writes no other records
-        content = storage.read_bytes(path)  # FileNotFoundError: Prefect treats it as a miss
+        try:
+            content = storage.read_bytes(path)  # FileNotFoundError: Prefect treats it as a miss
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            warn_bad_record(UnsafeRecordError(f"commit record {path} cannot be read: {exc}"))
+            raise FileNotFoundError(path) from exc
         try:
             check_commit(content, name_with_hash, self._root())
         except UnsafeRecordError as exc:
@@ -232,21 +283,10 @@ class StepStorage(WritableFileSystem):
         name_with_hash = storage.name_with_hash_of_key(relative)
         if name_with_hash is None:
             return path
-        root = self._root()
-        attempt = outputs.take_pending(root, name_with_hash)
-        if attempt is None:
-            raise lease.LeaseLostError(f"no finished attempt of {name_with_hash} to commit")
-        content = _finish_record(content, relative, attempt.manifest)
-        forget(path)
-        replaced = None
-        with lease.fenced(storage.lease_path(name_with_hash, root)):
-            if attempt.staged:
-                storage.write_atomic(storage.join(attempt.write_path, storage.COMMIT_FILE), content)
-                replaced = outputs.publish(attempt)
-            else:
-                storage.write_atomic(path, content)
-        outputs.discard(replaced)
-        outputs.clear_failure(name_with_hash, root)
+        key = (self._root(), name_with_hash)
+        if key not in _COMMITTED:
+            raise lease.LeaseLostError(f"{name_with_hash} was not committed by this process")
+        _COMMITTED.discard(key)  # the step body committed it already (see `commit`)
         return path
 
     async def aread_path(self, path: str) -> bytes:

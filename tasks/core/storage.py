@@ -60,12 +60,18 @@ def normalize_prefix(url: str) -> str:
     local = str(Path(url).expanduser().resolve())
     if local == "/":
         raise PrefixError(f"prefix {url!r} is the filesystem root; choose a folder")
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise PrefixError(f"prefix {url!r} is a file, not a folder")
     return local
 
 
 def current_prefix() -> str:
-    """The prefix in force now: ``LMFLOWS_PREFIX`` or the default local folder."""
-    return _normalized(os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX)
+    """The prefix in force now: ``LMFLOWS_PREFIX`` or the default local folder. Set but
+    empty is an error (a typo must not silently mean the default)."""
+    value = os.environ.get(PREFIX_ENV)
+    if value is not None and not value.strip():
+        raise PrefixError(f"{PREFIX_ENV} is set but empty; unset it for {DEFAULT_PREFIX}")
+    return _normalized(value or DEFAULT_PREFIX)
 
 
 @lru_cache(maxsize=64)
@@ -87,13 +93,42 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     return fs, path
 
 
-def read_bytes(url: str) -> bytes:
-    """Whole-file read; plain `open` on local disk (fsspec costs ~10x more per small file,
-    and a cached re-run reads one small record per step)."""
+# The largest framework file lmflows reads (a commit record carries the manifest: ~100 bytes a
+# file). Anything bigger is not ours: a planted sparse file or a link to /dev/zero must not
+# exhaust memory.
+MAX_RECORD_BYTES = 256 << 20
+
+
+class UnreadableRecord(OSError):
+    """A framework file that is not a regular file of a sane size (planted, or damaged)."""
+
+
+def read_bytes(url: str, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """Whole-file read of a framework file: FileNotFoundError if absent, UnreadableRecord if
+    it is not a regular file (a directory, FIFO, device) or is larger than `limit`. Plain
+    `open` on local disk (fsspec costs ~10x more per small file, and a cached re-run reads one
+    small record per step)."""
     if "://" not in url:
-        with open(url, "rb") as handle:
-            return handle.read()
+        import stat
+
+        try:
+            fd = os.open(url, os.O_RDONLY | os.O_NONBLOCK)
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            raise UnreadableRecord(f"{url} is not a regular file ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UnreadableRecord(f"{url} is not a regular file")
+            if info.st_size > limit:
+                raise UnreadableRecord(f"{url} has {info.st_size} bytes (at most {limit})")
+            data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise UnreadableRecord(f"{url} grew past {limit} bytes while read")
+            return data
     fs, path = filesystem(url)
+    size = fs.size(path)
+    if size is not None and size > limit:
+        raise UnreadableRecord(f"{url} has {size} bytes (at most {limit})")
     return fs.cat_file(path)
 
 
@@ -117,6 +152,30 @@ def write_atomic(path: str, content: bytes) -> None:
 
 def write_json(path: str, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+class LinkedPathError(ValueError):
+    """A path under the prefix that passes through a symbolic link: lmflows never writes or
+    deletes through one (a planted link could point anywhere)."""
+
+
+def refuse_links_below(path: str, prefix: str | None = None) -> None:
+    """Raise LinkedPathError if any component of local `path` below `prefix` is a link."""
+    if not is_local(path):
+        return
+    prefix = (prefix or current_prefix()).rstrip("/")
+    if not (path == prefix or path.startswith(prefix + "/")):
+        return
+    current = prefix
+    for part in path[len(prefix) :].strip("/").split("/"):
+        if not part:
+            continue
+        current = f"{current}/{part}"
+        if os.path.islink(current):
+            raise LinkedPathError(
+                f"{current} is a symbolic link; lmflows never writes or deletes through links "
+                "under its prefix (remove it, or point LMFLOWS_PREFIX at the real folder)"
+            )
 
 
 def output_dir(name_with_hash: str, prefix: str | None = None) -> str:
