@@ -191,11 +191,39 @@ MUTANTS = [
         ("tests/test_hostile.py::test_a_poisoned_lease_file_is_treated_as_expired_with_a_warning",),
     ),
     Mutant(
-        "writing through a symlinked output",
-        "tasks/core/outputs.py",
-        "        if os.path.islink(candidate):\n",
+        "writing or deleting through symlinks",
+        "tasks/core/storage.py",
+        "        if os.path.islink(current):\n",
         "        if False:\n",
-        ("tests/test_hostile.py",),
+        (
+            "tests/test_hostile.py::"
+            "test_an_output_that_is_a_symlink_is_refused_and_its_target_untouched",
+            "tests/test_hostile.py::test_a_link_planted_in_the_staging_area_is_never_followed",
+        ),
+    ),
+    Mutant(
+        "staging cleared without the link check",
+        "tasks/core/outputs.py",
+        "        storage.refuse_links_below(root, prefix)  # a planted link",
+        "        pass  # a planted link",
+        ("tests/test_hostile.py::test_a_link_planted_in_the_staging_area_is_never_followed",),
+    ),
+    Mutant(
+        "a failed commit is swallowed",
+        "tasks/core/decorator.py",
+        "            records.commit(attempt, ref)  # fenced;",
+        "            try:\n"
+        "                records.commit(attempt, ref)\n"
+        "            except OSError:\n"
+        "                pass  # fenced;",
+        ("tests/test_hostile.py::test_a_commit_that_cannot_be_written_fails_the_step",),
+    ),
+    Mutant(
+        "a planted 3 GB record is read whole",
+        "tasks/core/storage.py",
+        "            if info.st_size > limit:\n",
+        "            if False:\n",
+        ("tests/test_hostile.py::test_malformed_files_are_misses_and_never_crash_a_command",),
     ),
     Mutant(
         "publishing writes into the final folder (no staging)",
@@ -214,7 +242,7 @@ MUTANTS = [
     Mutant(
         "bad LMFLOWS_LEASE_SECONDS accepted",
         "tasks/core/lease.py",
-        "    if not math.isfinite(value) or value <= 0 or value > MAX_LEASE_SECONDS:\n",
+        "    if not math.isfinite(value) or not MIN_LEASE_SECONDS <= value <= MAX_LEASE_SECONDS:\n",
         "    if value <= 0:\n",
         ("tests/test_hostile.py::test_bad_lease_seconds_is_one_line_before_anything_runs",),
     ),

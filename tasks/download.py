@@ -15,6 +15,7 @@ import fsspec
 
 from tasks import checks
 from tasks.core import step
+from tasks.core.manifest import sha256_of
 from tasks.core.provenance import note
 from tasks.core.storage import META_DIR
 
@@ -123,18 +124,12 @@ def download_hf(
             rel = str(path.relative_to(local))
             if local != output_path:
                 copy_with_checksum(str(path), f"{output_path}/{rel}")
-            files.append({"name": rel, "bytes": path.stat().st_size, "sha256": _sha256_file(path)})
+            files.append(
+                {"name": rel, "bytes": path.stat().st_size, "sha256": sha256_of(str(path))}
+            )
     return {
         "files": files,
         "resolved_commit": commit,
         "revision": revision,
         "total_bytes": sum(f["bytes"] for f in files),
     }
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -53,10 +53,8 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    """A real `prefect server start` process, shared by the session."""
-    log = open(Path(_HOME) / "server.log", "wb")
+def start_prefect_server(port: int, log, env: dict | None = None, *extra: str) -> subprocess.Popen:
+    """`prefect server start` on 127.0.0.1:`port` in its own session; returns once healthy."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -67,18 +65,29 @@ def prefect_server():
             "--host",
             "127.0.0.1",
             "--port",
-            str(_PORT),
+            str(port),
+            *extra,
         ],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 180
-    while not _healthy(API_URL):
+    while not _healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"Prefect server did not start; see {log.name}")
+            raise RuntimeError(f"Prefect server on port {port} did not start")
         time.sleep(0.5)
+    return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """A real `prefect server start` process, shared by the session."""
+    log = open(Path(_HOME) / "server.log", "wb")
+    proc = start_prefect_server(_PORT, log)
     yield API_URL
     proc.terminate()
     try:
@@ -94,6 +103,18 @@ def prefix(tmp_path, monkeypatch) -> str:
     out = tmp_path / ".lmflows" / "outputs"  # the default's shape: a dot-folder named .lmflows
     monkeypatch.setenv("LMFLOWS_PREFIX", str(out))
     return str(out)
+
+
+@pytest.fixture
+def call_log(tmp_path, monkeypatch) -> Path:
+    """A log of step bodies run (tests/helpers/steps.py appends to it, in any process)."""
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("LMFLOWS_TEST_LOG", str(log))
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def run_python(

@@ -14,18 +14,8 @@ from prefect import flow
 from prefect.states import State
 
 from tasks.core import StepRef, set_force, storage
+from tests.conftest import calls
 from tests.helpers import steps
-
-
-@pytest.fixture
-def call_log(tmp_path, monkeypatch) -> Path:
-    log = tmp_path / "calls.log"
-    monkeypatch.setenv("LMFLOWS_TEST_LOG", str(log))
-    return log
-
-
-def calls(log: Path) -> list[str]:
-    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
 
 
 @flow

@@ -9,17 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from tests.conftest import REPO, free_port
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+from tests.conftest import REPO, free_port, start_prefect_server
 
 
 def test_a_run_whose_server_dies_finishes_from_storage_and_exits_promptly(tmp_path):
@@ -32,29 +23,8 @@ def test_a_run_whose_server_dies_finishes_from_storage_and_exits_promptly(tmp_pa
         "PREFECT_LOGGING_LEVEL": "INFO",
         "LMFLOWS_PREFIX": str(tmp_path / "out"),
     }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-services",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server = start_prefect_server(port, subprocess.DEVNULL, env, "--no-services")
     try:
-        deadline = time.monotonic() + 180
-        while not _healthy(api):
-            assert time.monotonic() < deadline and server.poll() is None, "no server"
-            time.sleep(0.5)
         run = subprocess.Popen(
             [sys.executable, "-m", "flows", "run", "tests/data/lost_server.py"],
             cwd=REPO,

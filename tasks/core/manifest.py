@@ -32,7 +32,8 @@ def relative_files_local(out: str) -> list[str]:
     return found
 
 
-def _sha256(path: str) -> str:
+def sha256_of(path: str) -> str:
+    """Hex sha256 of a local file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -48,7 +49,7 @@ def _local_entry(path: str, checksum: bool) -> dict[str, Any]:
         return {"special": stat.S_IFMT(info.st_mode)}
     entry: dict[str, Any] = {"bytes": info.st_size}
     if checksum:
-        entry["sha256"] = _sha256(path)
+        entry["sha256"] = sha256_of(path)
     return entry
 
 
