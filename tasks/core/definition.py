@@ -41,8 +41,11 @@ class StepDefinition:
     operational: tuple[str, ...]
     template_fields: tuple[str, ...]
     signature: inspect.Signature  # the function's, without output_path (what Prefect sees)
-    resources: dict[str, Any] | None = None
+    # Ray remote options: a dict, or a function of the call's arguments returning one.
+    resources: dict[str, Any] | Callable[..., dict[str, Any] | None] | None = None
     validate: Callable[..., None] | None = None
+    # Attempts of one identity share their output folder (checkpoints survive preemption).
+    resumable: bool = False
 
     @property
     def where(self) -> str:
@@ -52,6 +55,20 @@ class StepDefinition:
         """The step's own argument checks (``@step(validate=...)``), before any work."""
         if self.validate is not None:
             self.validate(**params)
+
+    def resources_for(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The Ray remote options of one call (never part of the identity)."""
+        resources = self.resources
+        if callable(resources):
+            resources = resources(**params)
+        if resources is None:
+            return None
+        if not isinstance(resources, dict):
+            raise TypeError(
+                f"{self.where}: resources must be a dict of Ray remote options, got "
+                f"{type(resources).__name__}"
+            )
+        return dict(resources)
 
     def identify(self, params: dict[str, Any]) -> Identity:
         return identify(self.name_template, self.hash_attrs, params)
@@ -94,8 +111,9 @@ def define(
     hash_attrs: Iterable[str],
     operational: Iterable[str],
     name: str | None,
-    resources: dict[str, Any] | None,
+    resources: dict[str, Any] | Callable[..., Any] | None,
     validate: Callable[..., None] | None,
+    resumable: bool = False,
 ) -> StepDefinition:
     """Check a declaration and return its definition, or raise `StepDefinitionError`."""
     where = f"@step on {fn.__module__}.{fn.__qualname__}"
@@ -130,9 +148,21 @@ def define(
         operational=operational,
         template_fields=tuple(fields),
         signature=signature.replace(parameters=[params[p] for p in names]),
-        resources=dict(resources) if resources else None,
+        resources=_check_resources(where, resources),
         validate=validate,
+        resumable=bool(resumable),
     )
+
+
+def _check_resources(where: str, resources: Any) -> Any:
+    if resources is None or callable(resources):
+        return resources
+    if not isinstance(resources, dict):
+        raise StepDefinitionError(
+            f"{where}: resources must be a dict of Ray remote options or a function of the "
+            f"call's arguments returning one, got {type(resources).__name__}"
+        )
+    return dict(resources) or None
 
 
 def _check_output_path(where: str, params: Any) -> None:
