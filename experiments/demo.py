@@ -6,9 +6,8 @@ same download step as any other source. Model: a 2-layer, 64-wide Llama, 50 step
 
 from __future__ import annotations
 
-from prefect import flow
-
 from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluate
+from tasks.core import flow
 
 
 @flow(name="demo")

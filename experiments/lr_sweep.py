@@ -3,9 +3,8 @@ training and evaluation. Each call passes its value explicitly (no closures over
 
 from __future__ import annotations
 
-from prefect import flow
-
 from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluate
+from tasks.core import flow
 
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 

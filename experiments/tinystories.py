@@ -7,9 +7,8 @@ it resolved to in provenance); set it to that commit to pin the content.
 
 from __future__ import annotations
 
-from prefect import flow
-
 from flows.pretrain import train_and_evaluate
+from tasks.core import flow
 from tasks.dedup import dedup
 from tasks.download import download_hf
 from tasks.formats import text_to_jsonl

@@ -5,8 +5,7 @@ Run it with `python -m flows run toy`; the demo pipeline lives in `experiments/d
 
 from __future__ import annotations
 
-from prefect import flow
-
+from tasks.core import flow
 from tasks.toy import count_words, make_numbers, scale, summarize
 
 

@@ -4,9 +4,7 @@ evaluate, as plain Python calls of steps. Experiments call `prepare_data` and
 
 from __future__ import annotations
 
-from prefect import flow
-
-from tasks.core import StepRef
+from tasks.core import StepRef, flow
 from tasks.dedup import dedup
 from tasks.download import download_url
 from tasks.evaluate import evaluate

@@ -23,6 +23,7 @@ from tasks.core.definition import StepDefinition
 from tasks.core.identity import StepArgumentError, StepNameError, compute_hash, identify
 from tasks.core.lease import LeaseLostError
 from tasks.core.ref import StepRef
+from tasks.core.schedule import PendingStepRef, StepFailedError, flow
 from tasks.core.storage import PREFIX_ENV, current_prefix
 
 __all__ = [
@@ -34,6 +35,9 @@ __all__ = [
     "StepDefinitionError",
     "StepNameError",
     "StepRef",
+    "PendingStepRef",
+    "StepFailedError",
+    "flow",
     "compute_hash",
     "current_prefix",
     "identify",

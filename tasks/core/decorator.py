@@ -6,6 +6,7 @@ each other for `from tasks.core import step`.)
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import time
@@ -16,7 +17,17 @@ from prefect import Task
 from prefect.futures import PrefectFuture
 from prefect.utilities.callables import get_call_parameters
 
-from tasks.core import lease, manifest, outputs, planning, provenance, records, storage, walk
+from tasks.core import (
+    lease,
+    manifest,
+    outputs,
+    planning,
+    provenance,
+    records,
+    schedule,
+    storage,
+    walk,
+)
 from tasks.core.definition import OUTPUT_PATH, StepDefinition, StepDefinitionError, define
 from tasks.core.identity import Identity, to_plain
 from tasks.core.policy import LeaseLockManager, StepCachePolicy
@@ -80,9 +91,13 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
         prefix = storage.current_prefix()
         lease_path = storage.lease_path(identity.name_with_hash, prefix)
         lease.assert_held(lease_path)  # never touch an output another holder owns
-        attempt = outputs.begin(identity.name_with_hash, prefix)
+        attempt = outputs.begin(
+            identity.name_with_hash, prefix, resumable=definition.resumable and not _refreshing()
+        )
         started = time.time()
-        notes, token = provenance.collecting_notes()
+        notes, token = provenance.collecting_notes(
+            functools.partial(_log_note, attempt) if attempt.resumable else None
+        )
         try:
             value = fn(**refs_to_paths(params), **{OUTPUT_PATH: attempt.write_path})
             metadata = (
@@ -91,16 +106,23 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             # Fencing: a holder that lost its lease fails here, before it writes anything of
             # the framework's; the commit (StepStorage) is fenced again.
             lease.assert_held(lease_path)
-            storage.write_json(
-                storage.join(attempt.write_path, storage.PROVENANCE_FILE),
-                provenance.build(identity, fn, started, time.time(), prefix, notes),
-            )
+            record = provenance.build(identity, fn, started, time.time(), prefix, notes)
+            if attempt.resumable:
+                record["attempts"] = outputs.attempts(identity.name_with_hash, prefix)
+            storage.write_json(storage.join(attempt.write_path, storage.PROVENANCE_FILE), record)
             attempt.manifest = manifest.build(attempt.write_path)
             ref = StepRef(identity.name, identity.hash, metadata=metadata)
             records.commit(attempt, ref)  # fenced; a failure fails the task, never "Completed"
+            if attempt.resumable:
+                outputs.clear_attempts(identity.name_with_hash, prefix)
         except BaseException as exc:
             if lease.holds(lease_path):  # a holder that lost its lease leaves no trace
                 outputs.record_failure(attempt, exc, started)
+                if attempt.resumable:
+                    outputs.log_attempt(
+                        attempt,
+                        {"event": "failed", "error": type(exc).__name__, "notes": dict(notes)},
+                    )
             outputs.abandon(attempt)
             raise
         finally:
@@ -185,27 +207,59 @@ class Step(Task):
         params = self.bind(args, kwargs)
         if planning.active_plan() is not None:
             return self._plan(params)
-        if _flow_runs_on_ray():
-            # A plain call in a Ray-backed flow goes to Ray too: steps are where the work is.
-            future = self.submit(*args, wait_for=wait_for, **kwargs)
+        scheduler = schedule.active()
+        if scheduler is not None and not return_state and not _in_task_run():
+            return self._start(scheduler, params, wait_for)
+        if scheduler is not None or _flow_runs_on_ray():
+            # Waited for at once: `return_state=True`, or a plain call in a Ray-backed flow
+            # (it goes to Ray too: steps are where the work is).
+            future = self._submit(self._prepare(params), params, wait_for)
             future.wait()
             return future.state if return_state else future.result()
         task = self._prepare(params)
         return Task.__call__(task, *args, return_state=return_state, wait_for=wait_for, **kwargs)
+
+    def _start(self, scheduler: schedule.Scheduler, params: dict[str, Any], wait_for: Any) -> Any:
+        """Submit the call and return its (pending) StepRef at once (`lmflows.flow`)."""
+        task = self._prepare(params)
+        ref = _ref_of(self.identify(params))
+        return scheduler.start(ref, functools.partial(self._submit, task, params, wait_for))
+
+    def _submit(self, task: Step, params: dict[str, Any], wait_for: Any) -> PrefectFuture:
+        """Task.submit with pending refs made plain and, on Ray, the call's resources."""
+        plain = schedule.plain_arguments(params)
+        upstream = list(wait_for or ()) + schedule.upstream_futures(params)
+        wait = upstream or None
+        if _flow_runs_on_ray():
+            from prefect_ray.context import remote_options
+
+            from tasks.core import placement
+
+            options = self.definition.resources_for(plain) or {}
+            placement.check_cluster()
+            with remote_options(**options):
+                future = Task.submit(task, wait_for=wait, **plain)
+            placement.watch(self.definition.name_template, options, future)
+            return future
+        return Task.submit(task, wait_for=wait, **plain)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         call_kwargs = {k: v for k, v in kwargs.items() if k not in ("return_state", "wait_for")}
         params = self.bind(args, call_kwargs)
         if planning.active_plan() is not None:
             return planning.PlannedFuture(self._plan(params))
-        task = self._prepare(params)
-        resources = self.definition.resources
-        if resources and _flow_runs_on_ray():
-            from prefect_ray.context import remote_options
+        return self._submit(self._prepare(params), params, kwargs.get("wait_for"))
 
-            with remote_options(**resources):
-                return Task.submit(task, *args, **kwargs)
-        return Task.submit(task, *args, **kwargs)
+    def with_resources(self, resources: dict[str, Any] | Callable[..., Any] | None) -> Step:
+        """A copy of this step asking Ray for other resources (a dict of remote options or a
+        function of the call's arguments); the identity is unchanged."""
+        from tasks.core.definition import check_resources
+
+        new = self.with_options()
+        new.definition = dataclasses.replace(
+            self.definition, resources=check_resources(self.definition.where, resources)
+        )
+        return new
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
         from prefect.utilities.callables import expand_mapping_parameters
@@ -250,12 +304,30 @@ class Step(Task):
         return new
 
 
+def _log_note(attempt: outputs.Attempt, values: dict[str, Any]) -> None:
+    outputs.log_attempt(attempt, {"event": "note", "notes": values})
+
+
+def _refreshing() -> bool:
+    """Whether this task run was asked to recompute (`--force`): never resume then."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return bool(ctx is not None and getattr(ctx.task, "refresh_cache", False))
+
+
+def _in_task_run() -> bool:
+    from prefect.context import TaskRunContext
+
+    return TaskRunContext.get() is not None
+
+
 def _flow_runs_on_ray() -> bool:
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     runner = getattr(ctx, "task_runner", None) if ctx else None
-    return type(runner).__name__ == "RayTaskRunner"
+    return type(runner).__name__ in ("RayTaskRunner", "StepRayTaskRunner")
 
 
 class IdentityRunName:
@@ -300,8 +372,9 @@ def step(
     hash_attrs: Iterable[str] = (),
     operational: Iterable[str] = (),
     name: str | None = None,
-    resources: dict[str, Any] | None = None,
+    resources: dict[str, Any] | Callable[..., Any] | None = None,
     validate: Callable[..., None] | None = None,
+    resumable: bool = False,
     **task_options: Any,
 ) -> Any:
     """Declare a step: ``@step(hash_attrs=["n"], operational=["workers"], name="toy/square")``.
@@ -311,8 +384,12 @@ def step(
     here) and `operational` (it does not); anything else is a `StepDefinitionError` now.
     `name` is a literal or a template filled from the call's arguments
     (``"tokenized/{dataset}"``); default: the function's name. `resources` are Ray remote
-    options (``{"num_cpus": 8, "resources": {"TPU": 4}}``) applied when the flow runs on
-    `RayTaskRunner`. `validate` is called with the call's arguments (defaults applied,
+    options (``{"num_cpus": 8, "resources": {"TPU": 4}}``), or a function of the call's
+    arguments returning them, applied when the flow runs on `RayTaskRunner`
+    (`step.with_resources(...)` gives a copy with others). `resumable=True`: attempts of one
+    identity share their output folder, so a new attempt after a crash or preemption finds
+    what earlier ones wrote (training checkpoints); other steps start from an empty folder.
+    `validate` is called with the call's arguments (defaults applied,
     StepRefs as they are) before anything runs, also in `plan`; it raises ValueError/TypeError
     naming the bad argument. Any other keyword (retries, tags, timeout_seconds, ...) goes to
     `prefect.Task`.
@@ -325,6 +402,7 @@ def step(
             name=name,
             resources=resources,
             validate=validate,
+            resumable=resumable,
             **task_options,
         )
     definition = define(
@@ -334,6 +412,7 @@ def step(
         name=name,
         resources=resources,
         validate=validate,
+        resumable=resumable,
     )
     policy = StepCachePolicy(definition=definition).configure(
         lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"

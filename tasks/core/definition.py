@@ -148,13 +148,13 @@ def define(
         operational=operational,
         template_fields=tuple(fields),
         signature=signature.replace(parameters=[params[p] for p in names]),
-        resources=_check_resources(where, resources),
+        resources=check_resources(where, resources),
         validate=validate,
         resumable=bool(resumable),
     )
 
 
-def _check_resources(where: str, resources: Any) -> Any:
+def check_resources(where: str, resources: Any) -> Any:
     if resources is None or callable(resources):
         return resources
     if not isinstance(resources, dict):

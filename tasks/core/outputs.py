@@ -9,6 +9,11 @@ directory, and a reader sees the old output or the new one, never a mix.
 gs:// has no rename: an attempt writes into the output directory itself after clearing it,
 and what guards a committed output there is fencing plus the manifest's generations (see
 docs/steps.md for exactly what that guarantees).
+
+Resumable steps (`@step(resumable=True)`, e.g. training) keep what earlier attempts of the same
+identity wrote: locally every attempt writes into one fixed staging folder
+(`staging/{name-hash}/resume`), on gs:// into the output folder, and neither is cleared, so a
+preempted run's checkpoints survive. Each attempt is logged in `state/{name-hash}/attempts.jsonl`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import json
 import os
 import shutil
 import time
@@ -39,6 +45,8 @@ class Attempt:
     write_path: str  # what the step function receives as output_path
     staged: bool  # True: write_path is a staging directory moved into place at commit
     manifest: dict[str, Any] | None = None
+    resumable: bool = False
+    attempt_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 def refuse_symlinked_output(name_with_hash: str, prefix: str) -> None:
@@ -46,9 +54,17 @@ def refuse_symlinked_output(name_with_hash: str, prefix: str) -> None:
     storage.refuse_links_below(storage.output_dir(name_with_hash, prefix), prefix)
 
 
-def begin(name_with_hash: str, prefix: str) -> Attempt:
-    """Prepare a fresh place for this attempt (the caller holds the step's lease)."""
+RESUME_DIR = "resume"
+ATTEMPTS_NAME = "attempts.jsonl"
+
+
+def begin(name_with_hash: str, prefix: str, resumable: bool = False) -> Attempt:
+    """Prepare this attempt's place (the caller holds the step's lease): a fresh one, or for
+    a resumable step the one earlier attempts wrote into."""
     refuse_symlinked_output(name_with_hash, prefix)
+    if resumable and not _has_commit(name_with_hash, prefix):
+        return _begin_resumable(name_with_hash, prefix)
+    clear_attempts(name_with_hash, prefix)
     if storage.is_local(prefix):
         root = storage.staging_root(name_with_hash, prefix)
         storage.refuse_links_below(root, prefix)  # a planted link must not steer the rmtree
@@ -65,8 +81,93 @@ def begin(name_with_hash: str, prefix: str) -> Attempt:
     return Attempt(name_with_hash, prefix, out, staged=False)
 
 
+def _has_commit(name_with_hash: str, prefix: str) -> bool:
+    """A committed (or once committed, now damaged) output is recomputed from scratch, never
+    resumed: `--force` and a failed verification mean "do it again"."""
+    if storage.is_local(prefix):
+        return False  # local attempts never write into the output folder itself
+    fs, path = storage.filesystem(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
+    return fs.exists(path)
+
+
+def _begin_resumable(name_with_hash: str, prefix: str) -> Attempt:
+    if storage.is_local(prefix):
+        root = storage.staging_root(name_with_hash, prefix)
+        write_path = os.path.join(root, RESUME_DIR)
+        storage.refuse_links_below(write_path, prefix)
+        if os.path.isdir(root):  # dead attempts of a non-resumable version of the step
+            for entry in os.listdir(root):
+                if entry != RESUME_DIR:
+                    _discard_local(os.path.join(root, entry))
+        os.makedirs(write_path, exist_ok=True)
+        attempt = Attempt(name_with_hash, prefix, write_path, staged=True, resumable=True)
+    else:
+        out = storage.output_dir(name_with_hash, prefix)
+        attempt = Attempt(name_with_hash, prefix, out, staged=False, resumable=True)
+    log_attempt(attempt, {"event": "started"})
+    return attempt
+
+
+def log_attempt(attempt: Attempt, facts: dict[str, Any]) -> None:
+    """Append one line about a resumable attempt (start, failure) to its attempts log."""
+    import socket
+
+    path = storage.state_path(attempt.name_with_hash, ATTEMPTS_NAME, attempt.prefix)
+    entry = {"attempt": attempt.attempt_id, "at": time.time(), **facts}
+    if facts.get("event") == "started":
+        entry.update(host=socket.gethostname(), pid=os.getpid())
+    try:
+        previous = storage.read_bytes(path, limit=MAX_ATTEMPTS_LOG)
+    except FileNotFoundError:
+        previous = b""
+    line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
+    storage.write_atomic(path, previous + line)  # under the lease: no concurrent writer
+
+
+MAX_ATTEMPTS_LOG = 4 << 20
+
+
+def attempts(name_with_hash: str, prefix: str) -> list[dict[str, Any]]:
+    """The logged attempts of a resumable step, one entry per attempt (oldest first);
+    malformed lines are skipped (the log is advisory, not a record anything trusts)."""
+    path = storage.state_path(name_with_hash, ATTEMPTS_NAME, prefix)
+    try:
+        raw = storage.read_bytes(path, limit=MAX_ATTEMPTS_LOG)
+    except (FileNotFoundError, storage.UnreadableRecord):
+        return []
+    merged: dict[str, dict[str, Any]] = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("attempt"), str):
+            event = entry.pop("event", None)
+            at = entry.pop("at", None)
+            into = merged.setdefault(entry["attempt"], {})
+            if event == "started":
+                into["started_at"] = at
+            elif event == "failed":
+                into["failed_at"] = at
+            notes = entry.pop("notes", None)
+            if isinstance(notes, dict):
+                into.setdefault("notes", {}).update(notes)
+            into.update(entry)
+    return list(merged.values())
+
+
+def clear_attempts(name_with_hash: str, prefix: str) -> None:
+    path = storage.state_path(name_with_hash, ATTEMPTS_NAME, prefix)
+    fs, fs_path = storage.filesystem(path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(fs_path)
+
+
 def abandon(attempt: Attempt) -> None:
-    """Remove a failed attempt's staging directory (a gs:// attempt leaves its files)."""
+    """Remove a failed attempt's staging directory (a gs:// attempt leaves its files; a
+    resumable attempt leaves everything for the next one)."""
+    if attempt.resumable:
+        return
     if attempt.staged and os.path.lexists(attempt.write_path):
         _discard_local(attempt.write_path)
 

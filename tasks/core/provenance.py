@@ -16,6 +16,7 @@ from tasks.core.identity import Identity
 _NOTES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "lmflows_provenance_notes", default=None
 )
+_ON_NOTE: contextvars.ContextVar[Any] = contextvars.ContextVar("lmflows_on_note", default=None)
 
 
 def note(**values: Any) -> None:
@@ -26,15 +27,45 @@ def note(**values: Any) -> None:
     notes = _NOTES.get()
     if notes is not None:
         notes.update(values)
+        on_note = _ON_NOTE.get()
+        if on_note is not None:
+            on_note(values)
 
 
-def collecting_notes() -> tuple[dict[str, Any], contextvars.Token]:
+def collecting_notes(on_note: Any = None) -> tuple[dict[str, Any], tuple[Any, Any]]:
+    """Start collecting notes for one attempt; `on_note(values)` also sees each note as it
+    is made (a resumable attempt logs them at once, so a killed attempt keeps them)."""
     notes: dict[str, Any] = {}
-    return notes, _NOTES.set(notes)
+    return notes, (_NOTES.set(notes), _ON_NOTE.set(on_note))
 
 
-def stop_collecting(token: contextvars.Token) -> None:
-    _NOTES.reset(token)
+def stop_collecting(token: tuple[Any, Any]) -> None:
+    _NOTES.reset(token[0])
+    _ON_NOTE.reset(token[1])
+
+
+def ray_placement() -> dict[str, Any] | None:
+    """Where Ray ran this attempt: node and the resources Ray assigned (None outside Ray)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        context = ray.get_runtime_context()
+        if context.worker.mode != ray.WORKER_MODE:
+            return None
+        return {
+            "node_id": context.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "assigned_resources": context.get_assigned_resources(),
+            "accelerator_ids": context.get_accelerator_ids(),
+        }
+    except Exception:  # provenance must never fail a step
+        return None
 
 
 _PACKAGES = (
@@ -120,5 +151,6 @@ def build(
         "host": socket.gethostname(),
         "pid": os.getpid(),
         **_run_ids(),
+        "ray": ray_placement(),
         "notes": notes or {},
     }

@@ -1,0 +1,240 @@
+"""Concurrent steps: inside an `lmflows.flow` body a step call returns its StepRef at once.
+
+A step's identity needs no result (only upstream identities), so a call can hand back its
+reference while the step runs. The step is submitted to the flow's task runner with the steps it
+consumes as `wait_for`; reading `.metadata` (or `.wait()`) waits for it; the flow body's end
+waits for every step it started and fails with the first failure in call order, naming the
+step. Independent steps (a sweep's trainings) therefore run at the same time, bounded by
+`max_concurrent` (`--max-concurrent`, `LMFLOWS_MAX_CONCURRENT`): at most that many steps are
+started and unfinished; the body blocks at the next call until one finishes (Marin's
+`max_concurrent`). Plain `prefect.flow` bodies keep Prefect's semantics: a call runs to the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prefect.futures import PrefectFuture, as_completed
+
+from tasks.core import walk
+from tasks.core.ref import StepRef
+
+MAX_CONCURRENT_ENV = "LMFLOWS_MAX_CONCURRENT"
+logger = logging.getLogger("lmflows.schedule")
+
+
+class StepFailedError(RuntimeError):
+    """A step started by a flow body failed (the first in call order is reported)."""
+
+
+class PendingStepRef(StepRef):
+    """A StepRef whose step may still be running. `.metadata` waits for it; identity, path
+    and equality are those of a plain StepRef (a pending ref never leaves its flow)."""
+
+    _future: PrefectFuture | None = None
+
+    @property  # type: ignore[override]
+    def metadata(self) -> Any:
+        if self._future is not None:
+            return _result_of(self._future, self).metadata
+        return self.__dict__.get("_metadata", {})
+
+    @metadata.setter
+    def metadata(self, value: Any) -> None:
+        object.__setattr__(self, "_metadata", value)
+
+    def wait(self) -> StepRef:
+        """Wait until the step committed (or raise its failure); returns the plain ref."""
+        return resolved(self)
+
+    def cd(self, sub_path: str) -> StepRef:
+        plain = StepRef(self.name, self.hash, self.sub_path).cd(sub_path)
+        return pending(plain, self._future)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepRef):
+            return NotImplemented
+        return (self.name, self.hash, self.sub_path) == (other.name, other.hash, other.sub_path)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.hash, self.sub_path))
+
+    def __reduce__(self) -> Any:  # anything that pickles it gets the plain reference
+        return (StepRef, (self.name, self.hash, self.sub_path, {}))
+
+
+def pending(ref: StepRef, future: PrefectFuture | None) -> PendingStepRef:
+    out = PendingStepRef(ref.name, ref.hash, ref.sub_path, {})
+    object.__setattr__(out, "_future", future)
+    return out
+
+
+def resolved(ref: StepRef) -> StepRef:
+    """The plain StepRef of a (possibly pending) ref, with its metadata, once committed."""
+    if not isinstance(ref, PendingStepRef):
+        return ref
+    done = _result_of(ref._future, ref) if ref._future is not None else ref
+    return StepRef(ref.name, ref.hash, ref.sub_path, done.metadata if not ref.sub_path else {})
+
+
+def _result_of(future: PrefectFuture, ref: StepRef) -> StepRef:
+    state = _wait(future)
+    if not state.is_completed():
+        raise StepFailedError(_failure_line(ref, state)) from _exception_of(state)
+    return state.result()
+
+
+def _wait(future: PrefectFuture) -> Any:
+    future.wait()
+    return future.state
+
+
+def _exception_of(state: Any) -> BaseException | None:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - only to chain it
+        return exc
+    return None
+
+
+def _failure_line(ref: StepRef, state: Any) -> str:
+    message = (state.message or state.name or "").strip().splitlines()
+    return f"step {ref.name_with_hash} {state.name.lower()}: {message[0] if message else ''}"
+
+
+def plain_arguments(value: Any) -> Any:
+    """What is handed to the task runner: pending refs become plain StepRefs (a future must
+    not travel to a Ray worker, nor be serialised into the task run's parameters)."""
+    return walk.replace(value, PendingStepRef, _plain)
+
+
+def _plain(ref: PendingStepRef) -> StepRef:
+    return StepRef(ref.name, ref.hash, ref.sub_path)
+
+
+def upstream_futures(value: Any) -> list[PrefectFuture]:
+    """The futures of the pending steps a call consumes (what it waits for)."""
+    futures = []
+    for ref in walk.collect(value, StepRef):
+        future = getattr(ref, "_future", None)
+        if future is not None and future not in futures:
+            futures.append(future)
+    return futures
+
+
+class Scheduler:
+    """The steps one flow body started, in call order."""
+
+    def __init__(self, max_concurrent: int | None) -> None:
+        self.max_concurrent = max_concurrent
+        self.started: list[tuple[StepRef, PrefectFuture]] = []
+        self._lock = threading.Lock()
+
+    def start(self, ref: StepRef, submit: Callable[[], PrefectFuture]) -> PendingStepRef:
+        if self.max_concurrent:
+            self._wait_for_room()
+        future = submit()
+        with self._lock:
+            self.started.append((ref, future))
+        return pending(ref, future)
+
+    def _wait_for_room(self) -> None:
+        while True:
+            unfinished = [f for _, f in self.started if not f.state.is_final()]
+            if len(unfinished) < self.max_concurrent:
+                return
+            next(iter(as_completed(unfinished)))
+
+    def wait_all(self) -> None:
+        """Wait for every started step; raise the first failure in call order."""
+        for _ref, future in self.started:
+            future.wait()
+        for ref, future in self.started:
+            state = future.state
+            if not state.is_completed() and not _waited_on_failure(state):
+                raise StepFailedError(_failure_line(ref, state)) from _exception_of(state)
+        for ref, future in self.started:  # only upstream failures left: name the step anyway
+            state = future.state
+            if not state.is_completed():
+                raise StepFailedError(_failure_line(ref, state)) from _exception_of(state)
+
+
+def _waited_on_failure(state: Any) -> bool:
+    """A step that never ran because a step it consumes failed (reported there)."""
+    return state.is_pending() or "upstream" in (state.message or "").lower()
+
+
+_ACTIVE: contextvars.ContextVar[Scheduler | None] = contextvars.ContextVar(
+    "lmflows_scheduler", default=None
+)
+
+
+def active() -> Scheduler | None:
+    return _ACTIVE.get()
+
+
+def max_concurrent_setting() -> int | None:
+    raw = os.environ.get(MAX_CONCURRENT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_CONCURRENT_ENV}={raw!r}: need a positive whole number")
+    return value
+
+
+@contextlib.contextmanager
+def concurrent_steps(max_concurrent: int | None = None) -> Iterator[Scheduler]:
+    scheduler = Scheduler(max_concurrent or max_concurrent_setting())
+    token = _ACTIVE.set(scheduler)
+    try:
+        yield scheduler
+    finally:
+        _ACTIVE.reset(token)
+
+
+def flow(
+    fn: Callable[..., Any] | None = None, *, max_concurrent: int | None = None, **flow_options: Any
+) -> Any:
+    """`prefect.flow` whose step calls run concurrently (see the module docstring).
+
+    ``@flow(name="lr-sweep")``; every keyword but `max_concurrent` goes to `prefect.flow`.
+    The body's return value comes back with every pending ref resolved (plain StepRefs with
+    their metadata)."""
+    import prefect
+
+    if fn is None:
+        return functools.partial(flow, max_concurrent=max_concurrent, **flow_options)
+
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        with concurrent_steps(max_concurrent) as scheduler:
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException:
+                _settle_quietly(scheduler)
+                raise
+            scheduler.wait_all()
+        return walk.replace(result, PendingStepRef, resolved)
+
+    return prefect.flow(body, **flow_options)
+
+
+def _settle_quietly(scheduler: Scheduler) -> None:
+    """The body failed: let started steps finish (no orphan writes after the flow ends)."""
+    started = time.monotonic()
+    for _ref, future in scheduler.started:
+        with contextlib.suppress(Exception):
+            future.wait()
+    logger.debug("settled %d steps in %.1fs", len(scheduler.started), time.monotonic() - started)
