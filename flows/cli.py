@@ -81,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
         help="existing Ray cluster (e.g. ray://head:10001); default: start a local Ray",
     )
     run.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N steps started and unfinished at once (default: no bound; also "
+        "LMFLOWS_MAX_CONCURRENT)",
+    )
+    run.add_argument(
         "--server",
         choices=["auto", "ephemeral"],
         default="auto",
@@ -528,14 +536,25 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from flows.loader import ExperimentError
     from flows.params import ParameterError
     from flows.server import ServerError, server_port
+    from tasks.core.gcs_auth import GcsAccessError, ensure_gcs_access
     from tasks.core.lease import LeaseSettingError, lease_seconds
     from tasks.core.outputs import OutputPathError
+    from tasks.core.placement import PlacementError, infeasible_timeout
+    from tasks.core.schedule import (
+        MAX_CONCURRENT_ENV,
+        ConcurrencySettingError,
+        max_concurrent_setting,
+    )
     from tasks.core.storage import PrefixError
 
     try:
+        if getattr(args, "max_concurrent", None) is not None:
+            os.environ[MAX_CONCURRENT_ENV] = str(args.max_concurrent)
         lease_seconds()  # settings are checked once, before anything runs
         server_port()
-        _apply_prefix(args.prefix)
+        max_concurrent_setting()
+        infeasible_timeout()
+        ensure_gcs_access(_apply_prefix(args.prefix))  # one line, not a hang, without access
         if args.command == "status":
             return cmd_status()
         if args.command == "show":
@@ -559,6 +578,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         LeaseSettingError,
         OutputPathError,
         ServerError,
+        GcsAccessError,
+        PlacementError,
+        ConcurrencySettingError,
     ) as exc:
         if os.environ.get("LMFLOWS_DEBUG"):
             raise

@@ -395,7 +395,8 @@ OPERATIONAL = {
     "dedup.dedup": {"processes", "chunk_size"},
     "download.download_url": {"expected_sha256"},
     "tokenization.tokenize": {"batch_size"},
-    "train.train_lm": {"steps_per_eval", "max_eval_batches", "checkpoint_every"},
+    "train.train_lm": {"steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"},
+    "evaluate.evaluate": {"accelerator"},
 }
 
 

@@ -24,7 +24,7 @@ REPORT_EVERY = 60.0
 logger = logging.getLogger("lmflows.placement")
 
 
-class PlacementError(RuntimeError):
+class PlacementError(ValueError):
     """A step that cannot be placed on the Ray cluster as configured."""
 
 

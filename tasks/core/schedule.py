@@ -35,6 +35,10 @@ class StepFailedError(RuntimeError):
     """A step started by a flow body failed (the first in call order is reported)."""
 
 
+class ConcurrencySettingError(ValueError):
+    """A `--max-concurrent` / `LMFLOWS_MAX_CONCURRENT` that is not a positive whole number."""
+
+
 class PendingStepRef(StepRef):
     """A StepRef whose step may still be running. `.metadata` waits for it; identity, path
     and equality are those of a plain StepRef (a pending ref never leaves its flow)."""
@@ -190,7 +194,9 @@ def max_concurrent_setting() -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{MAX_CONCURRENT_ENV}={raw!r}: need a positive whole number")
+        raise ConcurrencySettingError(
+            f"--max-concurrent / {MAX_CONCURRENT_ENV}={raw!r}: need a positive whole number"
+        )
     return value
 
 

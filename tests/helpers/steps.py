@@ -103,3 +103,40 @@ class Shape:
 @step(hash_attrs=["config"], name="t/typed")
 def typed(config: object, *, output_path: str) -> dict:
     return {"ok": True}
+
+
+# --- concurrency and placement -------------------------------------------------------------
+
+
+def _stamp(label: str, output_path: str, **facts: object) -> dict:
+    """Write when this body ran (and where) into the output, and return it as metadata."""
+    record = {"label": label, "pid": os.getpid(), **facts}
+    _write(f"{output_path}/stamp.json", json.dumps(record))
+    return record
+
+
+@step(hash_attrs=["label", "seconds"], name="t/nap-{label}")
+def nap(label: str, seconds: float, *, output_path: str) -> dict:
+    """Sleep, recording start and end times (overlap tests)."""
+    _log(f"nap-{label}")
+    pid_file = os.environ.get("LMFLOWS_TEST_PID_DIR")
+    if pid_file:  # lets a test find (and SIGKILL) the process running this body
+        Path(pid_file, f"nap-{label}-{os.getpid()}").write_text(str(os.getpid()))
+    started = time.time()
+    time.sleep(seconds)
+    return _stamp(label, output_path, started=started, ended=time.time())
+
+
+@step(hash_attrs=["inputs"], name="t/consume")
+def consume(inputs: list, *, output_path: str) -> dict:
+    """A consumer: records, when it starts, whether each producer was committed."""
+    _log("consume")
+    committed = [os.path.exists(f"{p}/.lmflows/commit.json") for p in inputs]
+    return _stamp("consume", output_path, started=time.time(), producers_committed=committed)
+
+
+@step(hash_attrs=["label"], name="t/fail-{label}")
+def fail_after(label: str, *, output_path: str) -> dict:
+    _log(f"fail-{label}")
+    time.sleep(0.5)
+    raise RuntimeError(f"planned failure {label}")
