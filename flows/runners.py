@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from prefect_ray import RayTaskRunner
+from prefect_ray.task_runners import PrefectRayFuture
+
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -21,43 +24,39 @@ _EXTRA_UPSTREAM: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVa
 )
 
 
-def _step_ray_task_runner_class() -> type:
-    from prefect_ray import RayTaskRunner
-    from prefect_ray.task_runners import PrefectRayFuture
+class StepRayTaskRunner(RayTaskRunner):
+    """prefect-ray's runner, except that a task's `wait_for` futures are also handed to Ray
+    as upstream object refs. prefect-ray passes only futures found in the parameters; a step
+    that waits for its producer (lmflows passes StepRefs, not futures) would otherwise occupy
+    its worker, and its TPU, while it waits. (Module level: Ray pickles the runner by
+    reference, and a class defined in a function would be pickled with the context var.)"""
 
-    class StepRayTaskRunner(RayTaskRunner):
-        """prefect-ray's runner, except that a task's `wait_for` futures are also handed to
-        Ray as upstream object refs. prefect-ray passes only futures found in the parameters;
-        a step that waits for its producer (lmflows passes StepRefs, not futures) would
-        otherwise occupy its worker, and its TPU, while it waits."""
+    def submit(self, task, parameters, wait_for=None, dependencies=None):  # type: ignore[override]
+        refs = [f.wrapped_future for f in wait_for or () if isinstance(f, PrefectRayFuture)]
+        token = _EXTRA_UPSTREAM.set(tuple(refs))
+        try:
+            return super().submit(task, parameters, wait_for, dependencies)
+        finally:
+            _EXTRA_UPSTREAM.reset(token)
 
-        def submit(self, task, parameters, wait_for=None, dependencies=None):  # type: ignore[override]
-            refs = [f.wrapped_future for f in wait_for or () if isinstance(f, PrefectRayFuture)]
-            token = _EXTRA_UPSTREAM.set(tuple(refs))
-            try:
-                return super().submit(task, parameters, wait_for, dependencies)
-            finally:
-                _EXTRA_UPSTREAM.reset(token)
-
-        def _exchange_prefect_for_ray_futures(self, kwargs_prefect_futures):  # type: ignore[override]
-            parameters, upstream = super()._exchange_prefect_for_ray_futures(kwargs_prefect_futures)
-            return parameters, [*upstream, *_EXTRA_UPSTREAM.get()]
-
-    return StepRayTaskRunner
+    def _exchange_prefect_for_ray_futures(self, kwargs_prefect_futures):  # type: ignore[override]
+        parameters, upstream = super()._exchange_prefect_for_ray_futures(kwargs_prefect_futures)
+        return parameters, [*upstream, *_EXTRA_UPSTREAM.get()]
 
 
 def ray_task_runner(address: str | None = None, num_cpus: int | None = None) -> Any:
     """A prefect-ray `RayTaskRunner`: a new local Ray (`address=None`) or an existing one."""
     from tasks.core import storage
 
-    env_vars = {storage.PREFIX_ENV: storage.current_prefix()}
+    # Every lmflows setting (LMFLOWS_*: lease seconds, timeouts, test hooks) follows the
+    # steps to the workers, plus what Prefect, W&B and the GCS fakes read.
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("LMFLOWS_")}
+    env_vars[storage.PREFIX_ENV] = storage.current_prefix()
     for name in (
         "PREFECT_API_URL",
         "PREFECT_API_AUTH_STRING",
         "WANDB_MODE",
         "STORAGE_EMULATOR_HOST",
-        "LMFLOWS_LEASE_SECONDS",
-        "LMFLOWS_RAY_INFEASIBLE_TIMEOUT",
         "TENSORSTORE_GCS_HTTP_URL",
         "GOOGLE_AUTH_TOKEN_FOR_TESTING",
     ):
@@ -69,4 +68,4 @@ def ray_task_runner(address: str | None = None, num_cpus: int | None = None) -> 
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}}
     if address is None:
         init_kwargs.update(include_dashboard=False, num_cpus=num_cpus or os.cpu_count())
-    return _step_ray_task_runner_class()(address=address or "local", init_kwargs=init_kwargs)
+    return StepRayTaskRunner(address=address or "local", init_kwargs=init_kwargs)

@@ -47,3 +47,151 @@ def test_run_on_a_local_ray_cluster_then_cached(tmp_path):
     assert code == 0, output[-4000:]
     assert output.count("Cached(type=COMPLETED)") == 2
     assert commit.stat().st_mtime_ns == commit_mtime
+
+
+# --- a Ray cluster started by the test: custom resources, concurrency, crashes -------------
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.conftest import calls, free_port  # noqa: E402
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _ray(*args: str) -> subprocess.CompletedProcess:
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    return subprocess.run(
+        [ray, *args],
+        env={**os.environ, **RAY_ENV},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head` with 4 logical CPUs and one `TPU` (a custom resource)."""
+    port = free_port()
+    started = _ray(
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=4",
+        '--resources={"TPU": 1}',
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--object-store-memory=100000000",
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield f"127.0.0.1:{port}"
+    _ray("stop", "--force")
+
+
+def run_on(address: str, experiment: str, prefix, env: dict | None = None, timeout=300):
+    args = [
+        sys.executable, "-m", "flows", "run", experiment, "--runner", "ray",
+        "--ray-address", address, "--prefix", str(prefix),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        args,
+        cwd=REPO,
+        env={**os.environ, **RAY_ENV, "PREFECT_LOGGING_LEVEL": "INFO", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    output, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, output
+
+
+def test_a_step_asking_for_a_tpu_runs_in_a_worker_holding_it(ray_head, tmp_path):
+    code, output = finish(run_on(ray_head, "tests/data/ray_placement.py", tmp_path / "out"))
+    assert code == 0, output[-4000:]
+    [record] = (tmp_path / "out").glob("t/nap-tpu-*/.lmflows/provenance.json")
+    placement = json.loads(record.read_text())["ray"]
+    assert placement["assigned_resources"].get("TPU") == 1, placement
+    assert placement["assigned_resources"].get("CPU") == 0.5, placement
+    assert placement["node_id"]
+
+
+def test_a_step_asking_for_more_than_the_cluster_has_is_reported_then_cancelled(ray_head, tmp_path):
+    env = {"LMFLOWS_TEST_TPUS": "8", "LMFLOWS_RAY_INFEASIBLE_TIMEOUT": "5"}
+    started = time.monotonic()
+    code, output = finish(
+        run_on(ray_head, "tests/data/ray_placement.py", tmp_path / "out", env), timeout=120
+    )
+    assert code != 0, output[-4000:]
+    assert time.monotonic() - started < 90
+    report = next(line for line in output.splitlines() if "waits for Ray resources" in line)
+    assert "TPU: 8" in report and "TPU: 1" in report, report  # asked for, and what is offered
+    assert "cancelled" in output
+    assert not list((tmp_path / "out").glob("t/nap-tpu-*/.lmflows/commit.json"))
+
+
+def test_independent_steps_overlap_on_ray_and_consumers_wait(ray_head, tmp_path):
+    code, output = finish(run_on(ray_head, "tests/data/concurrent_experiment.py", tmp_path))
+    assert code == 0, output[-4000:]
+    stamps = [json.loads(p.read_text()) for p in tmp_path.glob("t/nap-*/stamp.json")]
+    assert len(stamps) == 3
+    assert max(s["started"] for s in stamps) < min(s["ended"] for s in stamps), stamps
+    [consumer] = [json.loads(p.read_text()) for p in tmp_path.glob("t/consume-*/stamp.json")]
+    assert consumer["producers_committed"] == [True, True, True]
+    assert consumer["started"] >= max(s["ended"] for s in stamps)
+
+
+def test_two_flows_on_one_ray_compute_each_step_once(ray_head, tmp_path):
+    log = tmp_path / "calls.log"
+    env = {"LMFLOWS_TEST_LOG": str(log)}
+    procs = [
+        run_on(ray_head, "tests/data/concurrent_experiment.py", tmp_path / "out", env)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        code, output = finish(proc)
+        assert code == 0, output[-4000:]
+    assert sorted(calls(log)) == ["consume", "nap-a", "nap-b", "nap-c"]
+
+
+def test_a_ray_worker_killed_mid_step_is_retried_and_commits_once(ray_head, tmp_path):
+    pids, log = tmp_path / "pids", tmp_path / "calls.log"
+    pids.mkdir()
+    env = {
+        "LMFLOWS_TEST_LOG": str(log),
+        "LMFLOWS_TEST_PID_DIR": str(pids),
+        "LMFLOWS_TEST_NAP": "6",
+    }
+    proc = run_on(ray_head, "tests/data/concurrent_experiment.py", tmp_path / "out", env)
+    deadline = time.monotonic() + 120
+    while not list(pids.glob("nap-a-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "nap-a never started"
+        time.sleep(0.2)
+    victim = int(next(pids.glob("nap-a-*")).read_text())
+    os.kill(victim, signal.SIGKILL)
+    code, output = finish(proc)
+    assert code == 0, output[-4000:]
+    assert calls(log).count("nap-a") == 2, calls(log)  # the killed attempt and the retry
+    [out] = (tmp_path / "out").glob("t/nap-a-*")
+    stamp = json.loads((out / "stamp.json").read_text())
+    assert stamp["pid"] != victim
+    assert (out / ".lmflows/commit.json").exists()
+    assert not list((tmp_path / "out" / ".lmflows" / "staging").glob("*/*"))  # nothing left
+
+
+def test_a_local_prefix_on_a_multi_node_cluster_is_refused(ray_head, tmp_path):
+    """Runs last: it adds a second node to the module's cluster."""
+    joined = _ray("start", f"--address={ray_head}", "--num-cpus=1", "--disable-usage-stats")
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    deadline = time.monotonic() + 60
+    code, output = finish(run_on(ray_head, "tests/data/concurrent_experiment.py", tmp_path))
+    assert time.monotonic() < deadline + 120
+    assert code != 0
+    assert "the Ray cluster has 2 nodes but the prefix" in output, output[-3000:]
+    assert not list(tmp_path.glob("t/*"))
