@@ -140,3 +140,24 @@ def fail_after(label: str, *, output_path: str) -> dict:
     _log(f"fail-{label}")
     time.sleep(0.5)
     raise RuntimeError(f"planned failure {label}")
+
+
+@step(hash_attrs=["total"], operational=["pause"], name="t/count", resumable=True)
+def count_up(total: int, pause: float = 0.0, *, output_path: str) -> dict:
+    """A resumable step shaped like training: numbered 'checkpoints' whose `done` marker is
+    written last; a new attempt continues after the newest complete one."""
+    fs, root = fsspec.core.url_to_fs(output_path)
+    complete = sorted(
+        int(p.rstrip("/").split("-")[-1].split("/")[0]) for p in fs.glob(f"{root}/ckpt-*/done")
+    )
+    resumed = complete[-1] if complete else None
+    from tasks.core import provenance
+
+    provenance.note(resumed_from_step=resumed)
+    _log(f"count-from-{resumed}")
+    for i in range((resumed or 0) + 1, total + 1):
+        time.sleep(pause)
+        _write(f"{output_path}/ckpt-{i:03d}/value", str(i))
+        _write(f"{output_path}/ckpt-{i:03d}/by", str(os.getpid()))
+        _write(f"{output_path}/ckpt-{i:03d}/done", "")
+    return {"resumed_from": resumed}

@@ -22,8 +22,21 @@ def blocker_flow(label: str):
     return steps.blocker(label, return_state=True)
 
 
+@flow
+def count_flow(total: int, pause: float):
+    return steps.count_up(total, pause=pause, return_state=True)
+
+
 def main(argv: list[str]) -> int:
     mode = argv[0]
+    if mode == "count":
+        if "--force" in argv:
+            from tasks.core import set_force
+
+            set_force(["t/count"])
+        state = count_flow(int(argv[1]), float(argv[2]))
+        print(json.dumps({"task": state.name, "metadata": state.result().metadata}))
+        return 0 if state.is_completed() else 3
     if mode == "chain":
         states = chain_flow(int(argv[1]), int(argv[2]))
         print(json.dumps({"states": [s.name for s in states]}))
