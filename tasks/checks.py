@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.lm import accelerators
+
 
 def _positive(**values: Any) -> None:
     for name, value in values.items():
@@ -57,8 +59,10 @@ def train_lm(
     batch_size: int,
     num_train_steps: int,
     learning_rate: float,
+    accelerator: Any = "cpu",
     **_: Any,
 ) -> None:
+    accelerators.check(accelerator)
     if not isinstance(data, dict) or not data:
         raise ValueError("data must map at least one dataset name to a tokenize output")
     unknown = sorted(set(weights or {}) - set(data))

@@ -1,27 +1,63 @@
 """evaluate: loss, perplexity and bits-per-byte of a trained model on validation caches,
-with levanter's own `eval_lm` (the same evaluator the trainer uses)."""
+with levanter's own `eval_lm` (the same evaluator the trainer uses). The model, the caches and
+the output may be on any fsspec filesystem (gs:// in production)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
 
 from tasks.core import step
+from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.lm import accelerators
+
+_STEP_DIR = re.compile(r"step-(\d+)")
 
 
 def _final_checkpoint(model: str) -> str:
-    root = os.path.join(model, "checkpoints")
-    steps = sorted((int(d.split("-", 1)[1]), d) for d in os.listdir(root) if d.startswith("step-"))
-    if not steps:
-        raise FileNotFoundError(f"no levanter checkpoint under {root}")
-    return os.path.join(root, steps[-1][1])
+    """The complete checkpoint (one with levanter's `metadata.json`, written last) of the
+    highest step under `model/checkpoints` (any fsspec URL)."""
+    root = f"{model.rstrip('/')}/checkpoints"
+    fs, path = fsspec.core.url_to_fs(root)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        entries = []
+    steps = []
+    for entry in entries:
+        match = _STEP_DIR.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
+        if match:
+            steps.append((int(match.group(1)), match.group(0)))
+    for _, folder in sorted(steps, reverse=True):
+        if fs.exists(f"{path.rstrip('/')}/{folder}/metadata.json"):
+            return f"{root}/{folder}"
+    raise FileNotFoundError(f"no complete levanter checkpoint under {root}")
+
+
+def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
+    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
+    return accelerators.ray_resources(accelerator)
+
+
+def _check(accelerator: Any = "cpu", **_: Any) -> None:
+    accelerators.check(accelerator)
 
 
 @step(
     # batch_size is identity: levanter evaluates max_eval_batches batches of it.
     hash_attrs=["model", "data", "tokenizer", "max_eval_batches", "batch_size"],
+    operational=["accelerator"],
     name="eval/{name}",
+    validate=_check,
+    resources=_ray_options,
 )
 def evaluate(
     model: str,
@@ -30,6 +66,7 @@ def evaluate(
     name: str,
     max_eval_batches: int | None = None,
     batch_size: int = 32,
+    accelerator: str = "cpu",
     *,
     output_path: str,
 ) -> dict:
@@ -37,7 +74,7 @@ def evaluate(
 
     `data` maps dataset names to tokenize outputs; `tokenizer` is the one the model was
     trained with. `batch_size` is a hash attribute: with `max_eval_batches` it decides how
-    many examples are scored.
+    many examples are scored. `accelerator` (what the call asks Ray for) is operational.
     """
     import jmp
     import levanter.main.eval_lm as levanter_eval
@@ -47,46 +84,57 @@ def evaluate(
 
     from tasks.lm.root_logging import restored_root_logging
     from tasks.lm.tracker import JsonlTrackerConfig
-    from tasks.train import llama_config
+    from tasks.train import llama_config, write_json, write_reference_config
 
-    with open(os.path.join(model, "train_config.json")) as handle:
+    tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
+    with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
         trained = json.load(handle)
-    os.makedirs(output_path, exist_ok=True)
-    metrics_path = os.path.join(output_path, "metrics.jsonl")
-    config = levanter_eval.EvalLmConfig(
-        checkpoint_path=_final_checkpoint(model),
-        model=llama_config(
-            **trained["model"], tokenizer=tokenizer, reference=os.path.join(model, "hf_reference")
-        ),
-        data=LMMixtureDatasetConfig(
-            tokenizer=tokenizer,
-            cache_dir=None,
-            configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
-            train_weights={key: 1.0 for key in data},
-        ),
-        trainer=TrainerConfig(
-            require_accelerator=False,
-            per_device_eval_parallelism=-1,
-            train_batch_size=batch_size,
-            max_eval_batches=max_eval_batches,
-            mp=jmp.get_policy("f32"),
-            ray=RayConfig(auto_start_cluster=False),
-            tracker=JsonlTrackerConfig(path=metrics_path),
-            id="eval",
-            log_dir=__import__("pathlib").Path(output_path) / "logs",
-        ),
-    )
-    with restored_root_logging():
-        levanter_eval.main(config)
-    with open(metrics_path) as handle:
-        logged = {}
-        for line in handle:
-            logged.update(json.loads(line))
+    # levanter's logs and the metrics file are written locally, then the metrics are copied
+    # into the output (any fsspec URL). transformers cannot read a gs:// reference config,
+    # so the model's is rebuilt locally from its config rather than read from hf_reference/.
+    work = tempfile.mkdtemp(prefix="lmflows-eval-")
+    try:
+        reference = os.path.join(work, "hf_reference")
+        model_config = llama_config(**trained["model"], tokenizer=tokenizer, reference=reference)
+        write_reference_config(model_config, trained["vocab_size"], reference)
+        metrics_path = os.path.join(work, "metrics.jsonl")
+        config = levanter_eval.EvalLmConfig(
+            checkpoint_path=_final_checkpoint(model),
+            model=model_config,
+            data=LMMixtureDatasetConfig(
+                tokenizer=tokenizer,
+                cache_dir=None,
+                configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
+                train_weights={key: 1.0 for key in data},
+            ),
+            trainer=TrainerConfig(
+                require_accelerator=False,
+                per_device_eval_parallelism=-1,
+                train_batch_size=batch_size,
+                max_eval_batches=max_eval_batches,
+                mp=jmp.get_policy("f32"),
+                ray=RayConfig(auto_start_cluster=False),
+                tracker=JsonlTrackerConfig(path=metrics_path),
+                id="eval",
+                log_dir=Path(work) / "logs",
+            ),
+        )
+        with restored_root_logging():
+            levanter_eval.main(config)
+        logged: dict[str, Any] = {}
+        with open(metrics_path) as handle:
+            for line in handle:
+                if line.strip():
+                    logged.update(json.loads(line))
+        fs, root = fsspec.core.url_to_fs(output_path)
+        fs.makedirs(root, exist_ok=True)
+        fs.put_file(metrics_path, f"{root.rstrip('/')}/metrics.jsonl")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     results = {"all": _summary(logged, "eval")}
     for key in data:
         results[key] = _summary(logged, f"eval/{key}")
-    with open(os.path.join(output_path, "results.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json(f"{output_path.rstrip('/')}/results.json", results)
     _publish(name, results)
     return results
 

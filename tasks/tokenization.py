@@ -16,6 +16,7 @@ import os
 
 from tasks import checks
 from tasks.core import step
+from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.data_io import iter_documents
 from tasks.train_tokenizer import load_tokenizer
 
@@ -52,6 +53,8 @@ def tokenize(
     """
     from levanter.data.text import BatchTokenizer
     from levanter.store.cache import CacheMetadata, SerialCacheWriter
+
+    tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
 
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")

@@ -1,4 +1,5 @@
-"""Tiny steps for the toy experiment, tests and benchmarks (no heavy imports)."""
+"""Tiny steps for the toy experiment, tests and benchmarks (no heavy imports). They read and
+write through fsspec, so any prefix works (a local folder, gs://)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,27 @@ import json
 import os
 import random
 
+import fsspec
+
 from tasks.core import step
 
 
 def _write_json(path: str, value: object) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
+    fs, target = fsspec.core.url_to_fs(path)
+    fs.makedirs(fs._parent(target), exist_ok=True)
+    with fs.open(target, "w") as handle:
         json.dump(value, handle)
+
+
+def _read_json(path: str) -> object:
+    with fsspec.open(path, "r") as handle:
+        return json.load(handle)
+
+
+def _entries(path: str) -> int:
+    """How many files and folders are directly in the folder `path` (any fsspec URL)."""
+    fs, root = fsspec.core.url_to_fs(path)
+    return len(fs.ls(root, detail=False, refresh=True))
 
 
 @step(hash_attrs=["n", "seed"], name="toy/numbers")
@@ -25,8 +40,7 @@ def make_numbers(n: int, seed: int, *, output_path: str) -> dict:
 
 @step(hash_attrs=["source", "factor"], name="toy/scale")
 def scale(source: str, factor: float, *, output_path: str) -> dict:
-    with open(source) as handle:
-        values = json.load(handle)
+    values = _read_json(source)
     values = values if isinstance(values, list) else list(values.values())
     scaled = [v * factor for v in values if isinstance(v, (int, float))]
     _write_json(f"{output_path}/numbers.json", scaled)
@@ -44,9 +58,7 @@ def count_words(text: str, *, output_path: str) -> dict:
 
 @step(hash_attrs=["inputs"], name="toy/summary")
 def summarize(inputs: list, *, output_path: str) -> dict:
-    sizes = {
-        os.path.basename(os.path.dirname(p.rstrip("/"))) or p: len(os.listdir(p)) for p in inputs
-    }
+    sizes = {os.path.basename(os.path.dirname(p.rstrip("/"))) or p: _entries(p) for p in inputs}
     _write_json(
         f"{output_path}/summary.json", {"inputs": len(inputs), "files": sum(sizes.values())}
     )

@@ -2,8 +2,15 @@
 
 Everything that defines the trained model is a hash attribute (architecture, optimizer,
 batch size, steps, seed, the data mixture and the tokenizer); checkpoint intervals, logging
-and resources are operational. No network: the tracker writes JSON lines, the tokenizer is
-local, and the HF export's reference config is written next to the model.
+and the accelerator are operational. No network: the tracker writes JSON lines, the tokenizer
+is a step output, and the HF export's reference config is a local folder.
+
+The output may be on any fsspec filesystem (gs:// in production): checkpoints and the HF
+export are written by levanter (tensorstore and fsspec), the small files through fsspec, and
+levanter's logs go to a local temporary folder that is not part of the output. The step is
+resumable: a new attempt finds the newest complete checkpoint under `checkpoints/`, levanter
+resumes from it, and `metrics.jsonl` keeps the earlier attempts' rows (each row names its
+`attempt`).
 """
 
 from __future__ import annotations
@@ -12,11 +19,19 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from tasks import checks
 from tasks.core import step
+from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.core.provenance import note
+from tasks.lm import accelerators
 
 logger = logging.getLogger("lmflows.train")
 
@@ -66,9 +81,50 @@ def llama_config(
 
 
 def write_reference_config(model_config, vocab_size: int, path: str) -> None:
-    """HF export reads `reference_checkpoint`'s config.json; make it a local folder."""
+    """HF export reads `reference_checkpoint`'s config.json with transformers, which cannot
+    read gs://: `path` must be a local folder."""
     hf_config = model_config.to_hf_config(vocab_size)
     hf_config.save_pretrained(path)
+
+
+def _url(path: str, *parts: str) -> str:
+    """`path`/`parts` for local paths and fsspec URLs alike."""
+    return "/".join([path.rstrip("/"), *parts])
+
+
+def write_json(url: str, value: Any) -> None:
+    """A small JSON file at any fsspec URL."""
+    with fsspec.open(url, "w") as handle:
+        json.dump(value, handle, indent=2)
+
+
+def put_folder(local: str, url: str) -> None:
+    """Copy the files of the local folder `local` to `url` (any fsspec URL)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.makedirs(root, exist_ok=True)
+    for name in sorted(os.listdir(local)):
+        fs.put_file(os.path.join(local, name), f"{root.rstrip('/')}/{name}")
+
+
+def latest_checkpoint(checkpoints: str) -> tuple[str, int] | None:
+    """The newest complete levanter checkpoint under `checkpoints` (any fsspec URL) and its
+    step, or None. A step folder without `metadata.json` (levanter writes it last) is an
+    interrupted save and does not count."""
+    from levanter.checkpoint import discover_latest_checkpoint
+
+    fs, root = fsspec.core.url_to_fs(checkpoints)
+    if not fs.exists(root):
+        return None
+    found = discover_latest_checkpoint(checkpoints)
+    if found is None:
+        return None
+    with fsspec.open(_url(found, "metadata.json"), "r") as handle:
+        return found, int(json.load(handle)["step"])
+
+
+def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
+    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
+    return accelerators.ray_resources(accelerator)
 
 
 def _waitable_checkpointer_config():
@@ -132,11 +188,13 @@ def _progress_reporter(total_steps: int):
         "seed",
         "mixed_precision",
     ],
-    # Evaluation cadence and checkpoint frequency change what is logged and kept along the
-    # way, not the trained model.
-    operational=["steps_per_eval", "max_eval_batches", "checkpoint_every"],
+    # Evaluation cadence, checkpoint frequency and the hardware change what is logged and
+    # kept along the way and where it runs, not the trained model.
+    operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],
     name="checkpoints/{name}",
     validate=checks.train_lm,
+    resources=_ray_options,
+    resumable=True,
 )
 def train_lm(
     data: dict,
@@ -164,63 +222,79 @@ def train_lm(
     steps_per_eval: int = 25,
     max_eval_batches: int | None = 8,
     checkpoint_every: int | None = None,
+    accelerator: str = "cpu",
     *,
     output_path: str,
 ) -> dict:
     """Train a Llama with levanter on tokenized caches.
 
     `data` maps a dataset name to a tokenize step output; `weights` its mixture weight
-    (default: equal). `steps_per_eval`, `max_eval_batches` and `checkpoint_every` are
-    operational.
+    (default: equal). `steps_per_eval`, `max_eval_batches`, `checkpoint_every` and
+    `accelerator` (what the call asks Ray for, `tasks.lm.accelerators`) are operational.
+    An attempt after an interrupted one resumes from its newest complete checkpoint.
     """
     import levanter.main.train_lm as levanter_train
 
     from tasks.lm.report import publish_training_report
     from tasks.lm.root_logging import restored_root_logging
+    from tasks.lm.tracker import finish_all
 
-    plan = build_train_config(
-        data,
-        tokenizer,
-        output_path,
-        weights=weights,
-        hidden_dim=hidden_dim,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_dim=intermediate_dim,
-        seq_len=seq_len,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        min_lr_ratio=min_lr_ratio,
-        lr_schedule=lr_schedule,
-        beta1=beta1,
-        beta2=beta2,
-        max_grad_norm=max_grad_norm,
-        batch_size=batch_size,
-        num_train_steps=num_train_steps,
-        seed=seed,
-        mixed_precision=mixed_precision,
-        steps_per_eval=steps_per_eval,
-        max_eval_batches=max_eval_batches,
-        checkpoint_every=checkpoint_every,
-        on_step=_progress_reporter(num_train_steps),
-    )
-    with restored_root_logging():
-        levanter_train.main(plan.config)
-        plan.checkpointer.wait_until_finished()  # levanter saves the last one asynchronously
-    final = publish_training_report(plan.metrics_path, output_path, name)
-    with open(os.path.join(output_path, "train_config.json"), "w") as handle:
-        json.dump(
+    tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
+    attempt = uuid.uuid4().hex[:8]
+    resumed = latest_checkpoint(_url(output_path, "checkpoints"))
+    note(resumed_from_step=resumed[1] if resumed else None)
+    if resumed:
+        logger.info("attempt %s resumes from %s (step %d)", attempt, resumed[0], resumed[1])
+    work = tempfile.mkdtemp(prefix="lmflows-train-")
+    try:
+        plan = build_train_config(
+            data,
+            tokenizer,
+            output_path,
+            weights=weights,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            intermediate_dim=intermediate_dim,
+            seq_len=seq_len,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            min_lr_ratio=min_lr_ratio,
+            lr_schedule=lr_schedule,
+            beta1=beta1,
+            beta2=beta2,
+            max_grad_norm=max_grad_norm,
+            batch_size=batch_size,
+            num_train_steps=num_train_steps,
+            seed=seed,
+            mixed_precision=mixed_precision,
+            steps_per_eval=steps_per_eval,
+            max_eval_batches=max_eval_batches,
+            checkpoint_every=checkpoint_every,
+            on_step=_progress_reporter(num_train_steps),
+            attempt=attempt,
+            work_dir=work,
+        )
+        try:
+            with restored_root_logging():
+                levanter_train.main(plan.config)
+                plan.checkpointer.wait_until_finished()  # levanter saves the last one async
+        finally:
+            finish_all(plan.metrics_path)  # a failed run still leaves its metrics so far
+        final = publish_training_report(plan.metrics_path, output_path, name)
+        write_json(
+            _url(output_path, "train_config.json"),
             {
                 "model": {k: getattr(plan.config.model, k) for k in MODEL_ATTRS},
                 "vocab_size": plan.vocab_size,
                 "data": sorted(data),
                 "weights": plan.weights,
             },
-            handle,
-            indent=2,
         )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "final": final,
         "hf_export": "hf",
@@ -267,9 +341,15 @@ def build_train_config(
     max_eval_batches: int | None,
     checkpoint_every: int | None,
     on_step: Any = None,
+    attempt: str | None = None,
+    work_dir: str | None = None,
 ) -> TrainPlan:
     """levanter's TrainLmConfig from plain arguments (shared by the step and the benchmark
-    that runs levanter directly, so both train the same thing)."""
+    that runs levanter directly, so both train the same thing).
+
+    `output_path` may be any fsspec URL. `work_dir` is a local folder for what is not part
+    of the output (levanter's logs, the HF reference config transformers reads); default: a
+    new temporary folder. `attempt` tags every metrics row."""
     import jmp
     import levanter.main.train_lm as levanter_train
     from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
@@ -286,9 +366,13 @@ def build_train_config(
     unknown = set(weights) - set(data)
     if unknown:
         raise ValueError(f"weights name datasets not in data: {sorted(unknown)}")
-    os.makedirs(output_path, exist_ok=True)
+    work_dir = work_dir or tempfile.mkdtemp(prefix="lmflows-train-")
+    fs, root = fsspec.core.url_to_fs(output_path)
+    fs.makedirs(root, exist_ok=True)
     vocab_size = len(load_tokenizer(tokenizer))
-    reference = os.path.join(output_path, "hf_reference")
+    # transformers reads `reference_checkpoint` and cannot read gs://: a local copy is the
+    # one levanter uses; the output keeps one too (hf_reference/), as a record.
+    reference = os.path.join(work_dir, "hf_reference")
     model = llama_config(
         hidden_dim,
         num_layers,
@@ -300,7 +384,8 @@ def build_train_config(
         reference,
     )
     write_reference_config(model, vocab_size, reference)
-    metrics_path = os.path.join(output_path, "metrics.jsonl")
+    put_folder(reference, _url(output_path, "hf_reference"))
+    metrics_path = _url(output_path, "metrics.jsonl")
     register_on_step(metrics_path, on_step)
     mixture = LMMixtureDatasetConfig(
         tokenizer=tokenizer,
@@ -310,10 +395,11 @@ def build_train_config(
     )
     # levanter's final forced hook run does not pass `force` to the checkpointer, so the last
     # checkpoint is written only if the last step index (n - 1) is a multiple of `every`.
+    # CheckpointerConfig.__post_init__ reads every interval's "until" (None: the last one).
     keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
-    keep.append({"every": max(1, num_train_steps - 1)})
+    keep.append({"every": max(1, num_train_steps - 1), "until": None})
     checkpointer = _waitable_checkpointer_config()(
-        base_path=os.path.join(output_path, "checkpoints"),
+        base_path=_url(output_path, "checkpoints"),
         append_run_id_to_base_path=False,
         keep=keep,
     )
@@ -325,9 +411,9 @@ def build_train_config(
         require_accelerator=False,
         steps_per_eval=steps_per_eval,
         max_eval_batches=max_eval_batches,
-        tracker=JsonlTrackerConfig(path=metrics_path),
+        tracker=JsonlTrackerConfig(path=metrics_path, attempt=attempt),
         ray=RayConfig(auto_start_cluster=False),
-        log_dir=Path(output_path) / "logs",
+        log_dir=Path(work_dir) / "logs",  # local, not part of the output
         id="run",
         checkpointer=checkpointer,
     )
@@ -346,7 +432,7 @@ def build_train_config(
         trainer=trainer,
         model=model,
         optimizer=optimizer,
-        hf_save_path=os.path.join(output_path, "hf"),
+        hf_save_path=_url(output_path, "hf"),
         hf_save_steps=num_train_steps,
     )
     return TrainPlan(config, checkpointer, metrics_path, vocab_size, weights)

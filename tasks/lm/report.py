@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
 from typing import Any
 
+import fsspec
+
 logger = logging.getLogger("lmflows.report")
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
-    with open(path) as handle:
+    """The rows of a metrics.jsonl at any fsspec URL."""
+    with fsspec.open(path, "r") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -27,14 +31,24 @@ def final_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return final
 
 
-def plot_loss(rows: list[dict[str, Any]], png_path: str, title: str) -> None:
+def _curve(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value) sorted by step; a step logged again (a resumed attempt repeats the
+    steps after its checkpoint) keeps its latest value."""
+    points = {
+        r["step"]: r[key] for r in rows if r.get(key) is not None and r.get("step") is not None
+    }
+    return sorted(points.items())
+
+
+def plot_loss(rows: list[dict[str, Any]], title: str) -> bytes:
+    """The loss curve as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["train/loss"]) for r in rows if r.get("train/loss") is not None]
-    evals = [(r["step"], r["eval/loss"]) for r in rows if r.get("eval/loss") is not None]
+    train = _curve(rows, "train/loss")
+    evals = _curve(rows, "eval/loss")
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train loss")
@@ -45,24 +59,37 @@ def plot_loss(rows: list[dict[str, Any]], png_path: str, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    return buffer.getvalue()
+
+
+def url_of(path: str) -> str:
+    """`path` as a URL: gs://... stays, a local path becomes file:///abs/path."""
+    if "://" in path:
+        return path
+    return "file://" + os.path.abspath(path)
 
 
 def publish_training_report(metrics_path: str, output_path: str, name: str) -> dict[str, Any]:
+    """Read the metrics (any fsspec URL), write `loss.png` into `output_path` (any fsspec URL)
+    and publish the picture and the final metrics as Prefect artifacts."""
     rows = read_metrics(metrics_path)
     final = final_metrics(rows)
-    png = os.path.join(output_path, "loss.png")
-    plot_loss(rows, png, name)
+    png = f"{output_path.rstrip('/')}/loss.png"
+    picture = plot_loss(rows, name)
+    with fsspec.open(png, "wb") as handle:
+        handle.write(picture)
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
         from prefect.context import TaskRunContext
 
         if TaskRunContext.get() is not None:
-            encoded = base64.b64encode(open(png, "rb").read()).decode()
+            encoded = base64.b64encode(picture).decode()
             create_markdown_artifact(
                 markdown=f"### Loss curve: {name}\n\n![loss curve](data:image/png;base64,{encoded})"
-                f"\n\nPNG: `{png}`",
+                f"\n\nPNG: `{url_of(png)}`",
                 description="training loss curve",
             )
             create_table_artifact(
