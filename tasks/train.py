@@ -122,6 +122,18 @@ def latest_checkpoint(checkpoints: str) -> tuple[str, int] | None:
         return found, int(json.load(handle)["step"])
 
 
+def checkpoint_keep(checkpoint_every: int | None, num_train_steps: int) -> list[dict]:
+    """levanter's checkpoint `keep` intervals: every `checkpoint_every` steps (if set), and the
+    last step.
+
+    levanter's final forced hook run does not pass `force` to the checkpointer, so the last
+    checkpoint is written only if the last step index (n - 1) is a multiple of `every`.
+    CheckpointerConfig.__post_init__ reads every interval's "until" (None: the last one)."""
+    keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
+    keep.append({"every": max(1, num_train_steps - 1), "until": None})
+    return keep
+
+
 def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
     return accelerators.ray_resources(accelerator)
@@ -393,15 +405,10 @@ def build_train_config(
         configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
         train_weights={key: float(w) for key, w in weights.items()},
     )
-    # levanter's final forced hook run does not pass `force` to the checkpointer, so the last
-    # checkpoint is written only if the last step index (n - 1) is a multiple of `every`.
-    # CheckpointerConfig.__post_init__ reads every interval's "until" (None: the last one).
-    keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
-    keep.append({"every": max(1, num_train_steps - 1), "until": None})
     checkpointer = _waitable_checkpointer_config()(
         base_path=_url(output_path, "checkpoints"),
         append_run_id_to_base_path=False,
-        keep=keep,
+        keep=checkpoint_keep(checkpoint_every, num_train_steps),
     )
     trainer = TrainerConfig(
         num_train_steps=num_train_steps,

@@ -125,6 +125,41 @@ def test_on_the_emulator_the_check_passes_and_points_tensorstore_at_it(no_emulat
         ensure_gcs_access("gs://no-such-bucket/x")
 
 
+# --- train_lm's pieces: checkpoint intervals, metrics on gs:// ----------------------------------
+
+
+@pytest.mark.parametrize("every, steps", [(None, 50), (10, 50), (5, 20), (1, 2), (3, 1)])
+def test_checkpoint_intervals_are_accepted_by_levanter(every, steps):
+    from levanter.checkpoint import CheckpointerConfig
+
+    from tasks.train import checkpoint_keep
+
+    keep = checkpoint_keep(every, steps)
+    CheckpointerConfig(base_path="/nowhere", keep=keep).create("run")  # KeyError('until') before
+    assert keep[-1] == {"every": max(1, steps - 1), "until": None}
+
+
+def test_metrics_on_gs_are_uploaded_and_appended_across_attempts(on_emulator, monkeypatch):
+    from tasks.lm import tracker
+
+    url = f"gs://{BUCKET}/metrics-test/metrics.jsonl"
+    monkeypatch.setattr(tracker, "UPLOAD_SECONDS", 0.0)  # upload at every row
+    first = tracker.JsonlTrackerConfig(path=url, attempt="aaaa").init(None)
+    first.log({"train/loss": 2.0}, step=0)
+
+    def rows() -> list[dict]:
+        return [json.loads(line) for line in gcs().cat_file(url[5:]).splitlines()]
+
+    assert rows() == [{"step": 0, "train/loss": 2.0, "attempt": "aaaa"}]  # before finish
+    first.log({"train/loss": 1.5}, step=1)
+    # a killed attempt: never finished; the next one appends after what was uploaded
+    monkeypatch.setattr(tracker, "UPLOAD_SECONDS", 3600.0)
+    second = tracker.JsonlTrackerConfig(path=url, attempt="bbbb").init(None)
+    second.log({"train/loss": 1.4}, step=1)
+    second.finish()
+    assert [(r["step"], r["attempt"]) for r in rows()] == [(0, "aaaa"), (1, "aaaa"), (1, "bbbb")]
+
+
 # --- toy and demo through the command line ------------------------------------------------------
 
 
