@@ -15,6 +15,7 @@ BENCHES = [
     "benches.train_step_time",
     "benches.ray_overhead",
     "benches.gcs_cached",
+    "benches.resume_time",
 ]
 
 

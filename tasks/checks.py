@@ -60,9 +60,12 @@ def train_lm(
     num_train_steps: int,
     learning_rate: float,
     accelerator: Any = "cpu",
+    checkpoint_every: Any = None,
     **_: Any,
 ) -> None:
     accelerators.check(accelerator)
+    if checkpoint_every is not None:
+        _positive(checkpoint_every=checkpoint_every)
     if not isinstance(data, dict) or not data:
         raise ValueError("data must map at least one dataset name to a tokenize output")
     unknown = sorted(set(weights or {}) - set(data))
@@ -78,6 +81,11 @@ def train_lm(
         batch_size=batch_size,
         num_train_steps=num_train_steps,
     )
+    if num_train_steps < 2:
+        raise ValueError(
+            f"num_train_steps={num_train_steps}: levanter saves no checkpoint at step 0, so a "
+            "1-step run leaves no model to evaluate or resume; use at least 2"
+        )
     if hidden_dim % num_heads:
         raise ValueError(f"hidden_dim={hidden_dim} must be a multiple of num_heads={num_heads}")
     if num_heads % num_kv_heads:

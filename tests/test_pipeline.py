@@ -249,6 +249,7 @@ def test_pipeline_end_to_end_then_all_cached(prefix, http_base):
     [
         ({"num_heads": 3}, "hidden_dim=32 must be a multiple of num_heads=3"),
         ({"num_train_steps": 0}, "num_train_steps=0 must be a positive integer"),
+        ({"num_train_steps": 1}, "levanter saves no checkpoint at step 0"),
         ({"vocab_size": 100}, "vocab_size=100"),
     ],
 )
