@@ -554,7 +554,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         server_port()
         max_concurrent_setting()
         infeasible_timeout()
-        ensure_gcs_access(_apply_prefix(args.prefix))  # one line, not a hang, without access
+        # One line, not a hang, without access; only commands that write probe a write.
+        writes = args.command == "gc" or (args.command == "run" and not args.dry_run)
+        ensure_gcs_access(_apply_prefix(args.prefix), write=writes)
         if args.command == "status":
             return cmd_status()
         if args.command == "show":

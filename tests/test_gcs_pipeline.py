@@ -125,6 +125,37 @@ def test_on_the_emulator_the_check_passes_and_points_tensorstore_at_it(no_emulat
         ensure_gcs_access("gs://no-such-bucket/x")
 
 
+def test_read_only_commands_write_nothing_to_the_bucket(on_emulator, tmp_path):
+    """`plan` and `status` promise to write nothing: their access check only lists."""
+    prefix = f"gs://{BUCKET}/read-only"
+    for command in (["plan", "toy"], ["status"]):
+        result = flows_cli(*command, "--prefix", prefix, cwd=tmp_path, env=_env(on_emulator))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert not gcs().find(f"{BUCKET}/read-only")
+    seen = []
+
+    def watch(method: str):
+        import requests
+
+        original = getattr(requests.Session, method)
+
+        def recorded(self, url, *args, **kwargs):
+            seen.append(method)
+            return original(self, url, *args, **kwargs)
+
+        return recorded
+
+    import requests
+
+    with pytest.MonkeyPatch.context() as patch:
+        for method in ("post", "delete"):
+            patch.setattr(requests.Session, method, watch(method))
+        ensure_gcs_access(prefix, write=False)
+        assert seen == []
+        ensure_gcs_access(prefix)
+        assert seen == ["post", "delete"]
+
+
 # --- train_lm's pieces: checkpoint intervals, metrics on gs:// ----------------------------------
 
 

@@ -54,9 +54,11 @@ def tensorstore_follows_emulator() -> str | None:
     return base
 
 
-def ensure_gcs_access(prefix: str) -> None:
-    """Raise GcsAccessError unless `prefix` (gs://BUCKET/...) can be listed, written and
-    deleted in; no-op for any other prefix. Bounded: about 15 s at worst."""
+def ensure_gcs_access(prefix: str, write: bool = True) -> None:
+    """Raise GcsAccessError unless `prefix` (gs://BUCKET/...) can be listed (and, with
+    `write`, written and deleted in); no-op for any other prefix. Bounded: about 15 s at
+    worst. Read-only commands (`plan`, `status`, `show`, `explain`, `verify`) pass
+    `write=False`: they promise to write nothing, and read-only users may run them."""
     if not prefix.startswith("gs://"):
         return
     bucket = bucket_of(prefix)
@@ -64,10 +66,10 @@ def ensure_gcs_access(prefix: str) -> None:
     if base:
         import requests
 
-        _probe(prefix, bucket, requests.Session(), base)
+        _probe(prefix, bucket, requests.Session(), base, write)
         return
     session = _authorized_session(bucket)
-    _probe(prefix, bucket, session, GCS_API)
+    _probe(prefix, bucket, session, GCS_API, write)
 
 
 def _authorized_session(bucket: str) -> Any:
@@ -111,8 +113,9 @@ def _authorized_session(bucket: str) -> Any:
     raise GcsAccessError(f"gs://{bucket}: no Google Cloud credentials: {problem}; {HOW_TO_LOG_IN}")
 
 
-def _probe(prefix: str, bucket: str, session: Any, base: str) -> None:
-    """List the bucket, then write and delete a small object under `{prefix}/.lmflows/`."""
+def _probe(prefix: str, bucket: str, session: Any, base: str, write: bool = True) -> None:
+    """List the bucket, then (`write`) write and delete a small object under
+    `{prefix}/.lmflows/`."""
     import requests
 
     quoted = urllib.parse.quote(bucket, safe="")
@@ -129,6 +132,8 @@ def _probe(prefix: str, bucket: str, session: Any, base: str) -> None:
             where,
             "list",
         )
+        if not write:
+            return
         _check(
             session.post(
                 f"{base}/upload/storage/v1/b/{quoted}/o",
