@@ -56,6 +56,29 @@ def server_port() -> int:
     return port
 
 
+def _remove_stale_pid_file(announce=print) -> None:
+    """`prefect server start --background` refuses to start while `$PREFECT_HOME/server.pid`
+    exists, even when that server died long ago (a reboot, an OOM kill): remove the file when
+    no process with its pid is alive. (`prefect server stop` would signal whatever process has
+    that pid now.)"""
+    from prefect.settings import PREFECT_HOME
+
+    pid_file = PREFECT_HOME.value() / "server.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+        return  # alive: Prefect's own message will say what to do
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return
+    announce(f"lmflows: removing {pid_file}: its server (pid {pid}) is gone")
+    pid_file.unlink(missing_ok=True)
+
+
 def ensure_server(mode: str = "auto", announce=print) -> str | None:
     """Return the API URL runs should use, starting a local server if needed.
 
@@ -79,6 +102,7 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
             f"lmflows: starting a local Prefect server on 127.0.0.1:{port} "
             "(once; later runs reuse it; stop it with `prefect server stop`)"
         )
+        _remove_stale_pid_file(announce)
         subprocess.run(
             [
                 sys.executable,

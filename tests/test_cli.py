@@ -109,3 +109,26 @@ def test_plan_does_not_contact_prefect(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_a_stale_server_pid_file_is_removed_but_a_live_one_is_kept(tmp_path):
+    """`prefect server start --background` refuses to start while server.pid exists, even
+    when that server died (reboot, OOM): `make demo` would fail until the user found out."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    from flows.server import _remove_stale_pid_file
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pid_file = tmp_path / "server.pid"
+    said = []
+    with temporary_settings({PREFECT_HOME: tmp_path}):
+        pid_file.write_text(str(dead.pid))
+        _remove_stale_pid_file(said.append)
+        assert not pid_file.exists() and f"pid {dead.pid}" in said[0]
+        pid_file.write_text(str(os.getpid()))  # alive: not ours to judge
+        _remove_stale_pid_file(said.append)
+        assert pid_file.exists() and len(said) == 1
