@@ -80,6 +80,8 @@ def test_requests_fit_nodes_by_every_resource():
     assert not fits(request, {"CPU": 8, "TPU": 4})
     assert not fits(request, {"CPU": 8, "TPU": 2, "TPU-v4-8-head": 1})
     assert request_of({"num_gpus": 1})["GPU"] == 1.0
+    assert request_of({"memory": 2e9})["memory"] == 2e9
+    assert not fits(request_of({"memory": 2e9}), {"CPU": 8, "memory": 1e9})
     nodes = [
         {"NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 2.0, "node:10.0.0.2": 1.0}},
         {"NodeManagerAddress": "10.0.0.3", "Resources": {"CPU": 8.0, "TPU": 4.0}},

@@ -122,6 +122,20 @@ def test_a_step_asking_for_a_tpu_runs_in_a_worker_holding_it(ray_head, tmp_path)
     assert placement["node_id"]
 
 
+def test_mapped_calls_each_get_their_resources(ray_head, tmp_path):
+    code, output = finish(run_on(ray_head, "tests/data/ray_map.py", tmp_path / "out"))
+    assert code == 0, output[-4000:]
+    stamps, placements = [], []
+    for out in (tmp_path / "out").glob("t/nap-map-*"):
+        stamps.append(json.loads((out / "stamp.json").read_text()))
+        placements.append(json.loads((out / ".lmflows/provenance.json").read_text())["ray"])
+    assert len(placements) == 2
+    assert all(p["assigned_resources"].get("TPU") == 1 for p in placements), placements
+    # One TPU in the cluster: the two calls ran one after the other.
+    (a, b) = sorted((s["started"], s["ended"]) for s in stamps)
+    assert b[0] >= a[1]
+
+
 def test_a_step_asking_for_more_than_the_cluster_has_is_reported_then_cancelled(ray_head, tmp_path):
     env = {"LMFLOWS_TEST_TPUS": "8", "LMFLOWS_RAY_INFEASIBLE_TIMEOUT": "5"}
     started = time.monotonic()

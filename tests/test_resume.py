@@ -105,3 +105,59 @@ def test_only_resumable_steps_keep_a_dead_attempts_files(prefix, resumable):
     assert Path(second.write_path, "partial").exists() is resumable
     outputs.abandon(second)
     assert Path(second.write_path).exists() is resumable
+
+
+def test_a_resumable_step_never_writes_through_a_link_planted_in_its_work_folder(prefix, tmp_path):
+    from prefect import flow
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ref = steps.count_up.ref_for(2)
+    work = Path(storage.staging_root(ref.name_with_hash)) / "resume"
+    work.mkdir(parents=True)
+    (work / ".lmflows").symlink_to(outside)
+
+    @flow
+    def count():
+        return steps.count_up(2)
+
+    assert count() == ref
+    assert list(outside.iterdir()) == []
+    assert (Path(ref.path) / ".lmflows").is_dir() and not (Path(ref.path) / ".lmflows").is_symlink()
+
+
+def test_failed_attempts_are_logged_and_the_log_stays_bounded(prefix, monkeypatch):
+    from prefect import flow
+
+    from tasks.core import outputs
+
+    ref = steps.count_up.ref_for(4)
+    log = Path(storage.state_path(ref.name_with_hash, "attempts.jsonl"))
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b'{"attempt": "planted"}\n' * (5 << 20 // 23))  # over the 4 MiB limit
+
+    @flow
+    def count():
+        return steps.count_up(4)
+
+    monkeypatch.setenv("LMFLOWS_TEST_FAIL_AT", "3")
+    assert count(return_state=True).is_failed()
+    assert log.stat().st_size <= outputs.MAX_ATTEMPTS_LOG
+    monkeypatch.delenv("LMFLOWS_TEST_FAIL_AT")
+    assert count() == ref
+    attempts = json.loads((Path(ref.path) / ".lmflows/provenance.json").read_text())["attempts"]
+    failed, succeeded = attempts[-2:]
+    assert failed["error"] == "RuntimeError" and failed["failed_at"] >= failed["started_at"]
+    assert failed["notes"]["resumed_from_step"] is None
+    assert succeeded["notes"]["resumed_from_step"] == 2 and "error" not in succeeded
+
+
+def test_a_resumable_begin_clears_dead_attempts_of_a_non_resumable_version(prefix):
+    from tasks.core import outputs
+
+    nwh = "t/y-0123456789"
+    dead = outputs.begin(nwh, prefix, resumable=False)
+    Path(dead.write_path, "partial").write_text("x")
+    resumed = outputs.begin(nwh, prefix, resumable=True)
+    assert not Path(dead.write_path).exists()
+    assert Path(resumed.write_path).is_dir()

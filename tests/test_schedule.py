@@ -119,3 +119,114 @@ def test_a_second_run_is_all_cached_and_equal(prefix, call_log):
     assert len(calls(call_log)) == 4  # nothing ran twice
     stamp = json.loads(Path(first["consume"].path, "stamp.json").read_text())
     assert stamp["label"] == "consume"
+
+
+# --- found by the attack review ---------------------------------------------------------------
+
+
+def _finishes_within(seconds: float, fn, *args):
+    """Run fn in a thread; fail (instead of hanging the suite) if it does not return."""
+    import threading
+
+    box = {}
+
+    def run():
+        box["value"] = fn(*args)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not finish within {seconds} s"
+    return box["value"]
+
+
+@flow(max_concurrent=1)
+def bounded_with_a_failure():
+    bad = steps.fail_after("bounded", 0.1)
+    steps.consume([bad])  # never runs: its producer failed (NotReady)
+    return steps.nap("after-failure", 0.1)  # must still get room
+
+
+def test_max_concurrent_counts_a_skipped_consumer_as_finished(prefix, call_log):
+    state = _finishes_within(120, _state_of, bounded_with_a_failure)
+    assert state.is_failed() and "t/fail-bounded" in state.message
+
+
+def _state_of(flow_fn):
+    return flow_fn(return_state=True)
+
+
+@flow
+def two_failures():
+    slow = steps.fail_after("first-called", 1.0)
+    fast = steps.fail_after("second-called", 0.0)
+    return [slow, fast]
+
+
+def test_the_first_failure_in_call_order_is_named_not_the_first_in_time(prefix, call_log):
+    state = two_failures(return_state=True)
+    assert "t/fail-first-called" in state.message and "second-called" not in state.message
+
+
+@prefect_flow
+def plain_subflow(label: str):
+    ref = steps.nap(label, 0.3)
+    assert type(ref) is StepRef, "a plain prefect.flow keeps Prefect's semantics"
+    try:
+        steps.fail_after("in-plain-subflow", 0.0)
+    except Exception:
+        return ref, "caught"
+    return ref, "not raised"
+
+
+@flow
+def calls_a_plain_subflow():
+    return plain_subflow("sub")
+
+
+def test_a_plain_prefect_subflow_of_a_concurrent_flow_runs_its_calls_to_the_end(prefix):
+    ref, outcome = calls_a_plain_subflow()
+    assert outcome == "caught" and ref.metadata["ended"]
+
+
+@flow
+def same_step_twice():
+    first = steps.nap("twice", 0.3)
+    second = steps.nap("twice", 0.3)
+    return first, second
+
+
+def test_the_same_identity_twice_in_one_body_is_one_task_run_even_when_forced(prefix, call_log):
+    from tasks.core import set_force
+
+    same_step_twice()
+    set_force(["t/nap-twice"])
+    try:
+        first, second = same_step_twice()
+    finally:
+        set_force([])
+    assert calls(call_log) == ["nap-twice", "nap-twice"]  # once per run, the forced one too
+    assert first.metadata == second.metadata  # both calls see the new output
+
+
+@flow
+def explicit_wait_for():
+    first = steps.nap("wait-1", 1.0)
+    second = steps.nap("wait-2", 0.1, wait_for=[first])
+    return first, second
+
+
+def test_an_explicit_wait_for_a_pending_ref_is_honoured(prefix):
+    first, second = explicit_wait_for()
+    assert second.metadata["started"] >= first.metadata["ended"]
+
+
+@flow
+def returns_refs_as_keys():
+    refs = [steps.nap(label, 0.1) for label in ("k1", "k2")]
+    return {ref: ref.name for ref in refs}
+
+
+def test_refs_as_dict_keys_in_the_return_value_are_fine(prefix):
+    result = returns_refs_as_keys()
+    assert sorted(result.values()) == ["t/nap-k1", "t/nap-k2"]

@@ -109,7 +109,9 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             record = provenance.build(identity, fn, started, time.time(), prefix, notes)
             if attempt.resumable:
                 record["attempts"] = outputs.attempts(identity.name_with_hash, prefix)
-            storage.write_json(storage.join(attempt.write_path, storage.PROVENANCE_FILE), record)
+            provenance_path = storage.join(attempt.write_path, storage.PROVENANCE_FILE)
+            storage.refuse_links_below(provenance_path, prefix)
+            storage.write_json(provenance_path, record)
             attempt.manifest = manifest.build(attempt.write_path)
             ref = StepRef(identity.name, identity.hash, metadata=metadata)
             records.commit(attempt, ref)  # fenced; a failure fails the task, never "Completed"
@@ -119,10 +121,7 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             if lease.holds(lease_path):  # a holder that lost its lease leaves no trace
                 outputs.record_failure(attempt, exc, started)
                 if attempt.resumable:
-                    outputs.log_attempt(
-                        attempt,
-                        {"event": "failed", "error": type(exc).__name__, "notes": dict(notes)},
-                    )
+                    outputs.log_attempt(attempt, {"event": "failed", "error": type(exc).__name__})
             outputs.abandon(attempt)
             raise
         finally:
@@ -228,7 +227,7 @@ class Step(Task):
     def _submit(self, task: Step, params: dict[str, Any], wait_for: Any) -> PrefectFuture:
         """Task.submit with pending refs made plain and, on Ray, the call's resources."""
         plain = schedule.plain_arguments(params)
-        upstream = list(wait_for or ()) + schedule.upstream_futures(params)
+        upstream = schedule.futures_of(wait_for) + schedule.upstream_futures(params)
         wait = upstream or None
         if _flow_runs_on_ray():
             from prefect_ray.context import remote_options
@@ -286,6 +285,13 @@ class Step(Task):
         if planning.active_plan() is not None:
             return planning.PlannedFutureList(planning.PlannedFuture(self._plan(c)) for c in calls)
         variants = [self._prepare(call) for call in calls]
+        if _flow_runs_on_ray():  # each call with its own Ray resources, placement checks
+            from prefect.futures import PrefectFutureList
+
+            wait_for = options.get("wait_for")
+            return PrefectFutureList(
+                self._submit(variant, call, wait_for) for variant, call in zip(variants, calls)
+            )
         task = next((t for t in variants if t is not self), self)  # any forced: all refresh
         return Task.map(task, *args, **options, **kwargs)
 

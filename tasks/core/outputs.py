@@ -95,6 +95,9 @@ def _begin_resumable(name_with_hash: str, prefix: str) -> Attempt:
         root = storage.staging_root(name_with_hash, prefix)
         write_path = os.path.join(root, RESUME_DIR)
         storage.refuse_links_below(write_path, prefix)
+        meta = os.path.join(write_path, storage.META_DIR)
+        if os.path.islink(meta) or (os.path.lexists(meta) and not os.path.isdir(meta)):
+            _discard_local(meta)  # lmflows' own name: a planted link there would steer writes
         if os.path.isdir(root):  # dead attempts of a non-resumable version of the step
             for entry in os.listdir(root):
                 if entry != RESUME_DIR:
@@ -109,22 +112,38 @@ def _begin_resumable(name_with_hash: str, prefix: str) -> Attempt:
 
 
 def log_attempt(attempt: Attempt, facts: dict[str, Any]) -> None:
-    """Append one line about a resumable attempt (start, failure) to its attempts log."""
+    """Append one line about a resumable attempt (start, note, failure) to its attempts log.
+
+    Advisory: it never fails the step. A line over MAX_ATTEMPT_LINE drops its notes; a log
+    that would pass MAX_ATTEMPTS_LOG (many failed attempts, or a planted file) keeps only its
+    newest half."""
+    import logging
     import socket
 
     path = storage.state_path(attempt.name_with_hash, ATTEMPTS_NAME, attempt.prefix)
     entry = {"attempt": attempt.attempt_id, "at": time.time(), **facts}
     if facts.get("event") == "started":
         entry.update(host=socket.gethostname(), pid=os.getpid())
-    try:
-        previous = storage.read_bytes(path, limit=MAX_ATTEMPTS_LOG)
-    except FileNotFoundError:
-        previous = b""
     line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
-    storage.write_atomic(path, previous + line)  # under the lease: no concurrent writer
+    if len(line) > MAX_ATTEMPT_LINE:
+        entry["notes"] = {"dropped": f"notes of {len(line)} bytes"}
+        line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
+    try:
+        try:
+            previous = storage.read_bytes(path, limit=MAX_ATTEMPTS_LOG)
+        except FileNotFoundError:
+            previous = b""
+        except storage.UnreadableRecord:
+            previous = b""  # not ours to trust or keep
+        if len(previous) + len(line) > MAX_ATTEMPTS_LOG:
+            previous = previous[len(previous) // 2 :].split(b"\n", 1)[-1]
+        storage.write_atomic(path, previous + line)  # under the lease: no concurrent writer
+    except Exception as exc:
+        logging.getLogger("lmflows.outputs").warning("attempts log not written: %s", exc)
 
 
 MAX_ATTEMPTS_LOG = 4 << 20
+MAX_ATTEMPT_LINE = 64 << 10
 
 
 def attempts(name_with_hash: str, prefix: str) -> list[dict[str, Any]]:

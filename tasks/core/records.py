@@ -217,7 +217,9 @@ def commit(attempt: outputs.Attempt, ref: StepRef) -> None:
     replaced = None
     with lease.fenced(storage.lease_path(name_with_hash, root)):
         if attempt.staged:
-            storage.write_atomic(storage.join(attempt.write_path, storage.COMMIT_FILE), content)
+            inside = storage.join(attempt.write_path, storage.COMMIT_FILE)
+            storage.refuse_links_below(inside, root)  # a link planted or made by the step
+            storage.write_atomic(inside, content)
             replaced = outputs.publish(attempt)
         else:
             storage.write_atomic(path, content)

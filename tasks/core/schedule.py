@@ -134,25 +134,47 @@ def upstream_futures(value: Any) -> list[PrefectFuture]:
     return futures
 
 
+def futures_of(wait_for: Any) -> list[Any]:
+    """An explicit `wait_for=`: futures as they are, pending refs as their futures (a plain,
+    committed StepRef needs no waiting)."""
+    found = []
+    for item in wait_for or ():
+        if isinstance(item, StepRef):
+            item = getattr(item, "_future", None)
+        if item is not None and item not in found:
+            found.append(item)
+    return found
+
+
 class Scheduler:
     """The steps one flow body started, in call order."""
 
-    def __init__(self, max_concurrent: int | None) -> None:
+    def __init__(self, max_concurrent: int | None, flow_run_id: Any = None) -> None:
         self.max_concurrent = max_concurrent
+        self.flow_run_id = flow_run_id  # the run whose body started the steps
         self.started: list[tuple[StepRef, PrefectFuture]] = []
+        self._by_identity: dict[str, PrefectFuture] = {}
         self._lock = threading.Lock()
 
     def start(self, ref: StepRef, submit: Callable[[], PrefectFuture]) -> PendingStepRef:
+        """Submit a call, or hand back the future of the same identity started earlier in
+        this body: one task run per identity per flow run (a second `--force`d call must not
+        be served the old output while the first rewrites it)."""
+        with self._lock:
+            known = self._by_identity.get(ref.name_with_hash)
+        if known is not None:
+            return pending(ref, known)
         if self.max_concurrent:
             self._wait_for_room()
         future = submit()
         with self._lock:
             self.started.append((ref, future))
+            self._by_identity[ref.name_with_hash] = future
         return pending(ref, future)
 
     def _wait_for_room(self) -> None:
         while True:
-            unfinished = [f for _, f in self.started if not f.state.is_final()]
+            unfinished = [f for _, f in self.started if not _finished(f.state)]
             if len(unfinished) < self.max_concurrent:
                 return
             next(iter(as_completed(unfinished)))
@@ -171,6 +193,11 @@ class Scheduler:
                 raise StepFailedError(_failure_line(ref, state)) from _exception_of(state)
 
 
+def _finished(state: Any) -> bool:
+    """Final, or never to run: a consumer of a failed step ends in Pending("NotReady")."""
+    return state.is_final() or state.name == "NotReady"
+
+
 def _waited_on_failure(state: Any) -> bool:
     """A step that never ran because a step it consumes failed (reported there)."""
     return state.is_pending() or "upstream" in (state.message or "").lower()
@@ -182,7 +209,20 @@ _ACTIVE: contextvars.ContextVar[Scheduler | None] = contextvars.ContextVar(
 
 
 def active() -> Scheduler | None:
-    return _ACTIVE.get()
+    """The scheduler of the flow run whose body is running here, if it is an `lmflows.flow`.
+    A plain `prefect.flow` called as a subflow inherits the context variable, but not the
+    behaviour: its calls run to their end, as its author expects."""
+    scheduler = _ACTIVE.get()
+    if scheduler is None:
+        return None
+    return scheduler if _current_flow_run_id() == scheduler.flow_run_id else None
+
+
+def _current_flow_run_id() -> Any:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None
 
 
 def max_concurrent_setting() -> int | None:
@@ -202,7 +242,7 @@ def max_concurrent_setting() -> int | None:
 
 @contextlib.contextmanager
 def concurrent_steps(max_concurrent: int | None = None) -> Iterator[Scheduler]:
-    scheduler = Scheduler(max_concurrent or max_concurrent_setting())
+    scheduler = Scheduler(max_concurrent or max_concurrent_setting(), _current_flow_run_id())
     token = _ACTIVE.set(scheduler)
     try:
         yield scheduler
@@ -232,7 +272,10 @@ def flow(
                 _settle_quietly(scheduler)
                 raise
             scheduler.wait_all()
-        return walk.replace(result, PendingStepRef, resolved)
+        try:
+            return walk.replace(result, PendingStepRef, resolved)
+        except TypeError:  # refs as dict keys or set members: already done, equal to plain
+            return result
 
     return prefect.flow(body, **flow_options)
 

@@ -135,10 +135,10 @@ def consume(inputs: list, *, output_path: str) -> dict:
     return _stamp("consume", output_path, started=time.time(), producers_committed=committed)
 
 
-@step(hash_attrs=["label"], name="t/fail-{label}")
-def fail_after(label: str, *, output_path: str) -> dict:
+@step(hash_attrs=["label"], operational=["seconds"], name="t/fail-{label}")
+def fail_after(label: str, seconds: float = 0.5, *, output_path: str) -> dict:
     _log(f"fail-{label}")
-    time.sleep(0.5)
+    time.sleep(seconds)
     raise RuntimeError(f"planned failure {label}")
 
 
@@ -156,6 +156,8 @@ def count_up(total: int, pause: float = 0.0, *, output_path: str) -> dict:
     provenance.note(resumed_from_step=resumed)
     _log(f"count-from-{resumed}")
     for i in range((resumed or 0) + 1, total + 1):
+        if os.environ.get("LMFLOWS_TEST_FAIL_AT") == str(i):
+            raise RuntimeError(f"planned failure at {i}")
         time.sleep(pause)
         _write(f"{output_path}/ckpt-{i:03d}/value", str(i))
         _write(f"{output_path}/ckpt-{i:03d}/by", str(os.getpid()))
