@@ -246,6 +246,63 @@ MUTANTS = [
         "    if value <= 0:\n",
         ("tests/test_hostile.py::test_bad_lease_seconds_is_one_line_before_anything_runs",),
     ),
+    # production (#8): concurrent steps, resumable steps, Ray placement
+    Mutant(
+        "consumers no longer wait for their producers",
+        "tasks/core/decorator.py",
+        "        wait = upstream or None\n",
+        "        wait = None\n",
+        (
+            "tests/test_schedule.py::"
+            "test_independent_steps_overlap_and_the_consumer_waits_for_commits",
+        ),
+    ),
+    Mutant(
+        "the flow reports the last failure, not the first in call order",
+        "tasks/core/schedule.py",
+        "        for ref, future in self.started:\n            state = future.state\n"
+        "            if not state.is_completed() and not _waited_on_failure(state):",
+        "        for ref, future in reversed(self.started):\n            state = future.state\n"
+        "            if not state.is_completed() and not _waited_on_failure(state):",
+        (
+            "tests/test_schedule.py::"
+            "test_the_first_failure_in_call_order_is_named_not_the_first_in_time",
+        ),
+    ),
+    Mutant(
+        "resumable steps clear their work folder",
+        "tasks/core/outputs.py",
+        "    if resumable and not _has_commit(name_with_hash, prefix):",
+        "    if False:",
+        (
+            "tests/test_resume.py::"
+            "test_a_killed_resumable_step_resumes_from_its_newest_complete_checkpoint",
+        ),
+    ),
+    Mutant(
+        "--force resumes a killed attempt",
+        "tasks/core/decorator.py",
+        "resumable=definition.resumable and not _refreshing()",
+        "resumable=definition.resumable",
+        (
+            "tests/test_resume.py::"
+            "test_force_starts_from_nothing_after_a_commit_or_a_killed_attempt",
+        ),
+    ),
+    Mutant(
+        "a local prefix on a multi-node Ray cluster is accepted",
+        "tasks/core/placement.py",
+        "    if storage.is_local(prefix) and len(nodes) > 1:",
+        "    if storage.is_local(prefix) and len(nodes) > 99:",
+        ("tests/test_ray.py::test_a_local_prefix_on_a_multi_node_cluster_is_refused",),
+    ),
+    Mutant(
+        "per-call resources never reach Ray",
+        "tasks/core/decorator.py",
+        "            options = self.definition.resources_for(plain) or {}",
+        "            options = {}",
+        ("tests/test_ray.py::test_a_step_asking_for_a_tpu_runs_in_a_worker_holding_it",),
+    ),
 ]
 
 # Extra replacements a mutant needs to be coherent (the same bug in a second place).
