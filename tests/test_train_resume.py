@@ -16,11 +16,13 @@ from pathlib import Path
 from tests.conftest import REPO
 
 N = 10
+# The resume benchmark's experiment: 40 steps by default, checkpoints every 5, then evaluate.
+EXPERIMENT = "benches/experiments/resume.py"
 
 
 def cli(prefix: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "flows", "run", "tests/data/resume_experiment.py",
+        [sys.executable, "-m", "flows", "run", EXPERIMENT,
          "--prefix", str(prefix)],
         cwd=REPO,
         env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"},
@@ -76,7 +78,7 @@ def test_killed_training_resumes_from_its_checkpoint_and_commits_once(tmp_path):
     assert json.loads(scores.read_text())["kjv"]["loss"] > 0
     assert not list(prefix.glob(".lmflows/staging/checkpoints/*"))
     again = subprocess.run(
-        [sys.executable, "-m", "flows", "run", "tests/data/resume_experiment.py",
+        [sys.executable, "-m", "flows", "run", EXPERIMENT,
          "--prefix", str(prefix)],
         cwd=REPO, env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"},
         capture_output=True, text=True, timeout=300,

@@ -1,4 +1,5 @@
-"""A small pretraining run with checkpoints every 5 steps (the resume benchmark)."""
+"""A small pretraining run with checkpoints every 5 steps, then evaluation (the resume
+benchmark and tests/test_train_resume.py)."""
 
 import os
 

@@ -59,6 +59,11 @@ class StepRef:
             joined = f"{self.sub_path}/{joined}"
         return dataclasses.replace(self, sub_path=joined, metadata={})
 
+    def wait(self) -> StepRef:
+        """This reference once its step committed: a StepRef from a finished call already
+        is (a `PendingStepRef` from a concurrent flow waits here)."""
+        return self
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,

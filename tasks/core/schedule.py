@@ -48,7 +48,8 @@ class PendingStepRef(StepRef):
     @property  # type: ignore[override]
     def metadata(self) -> Any:
         if self._future is not None:
-            return _result_of(self._future, self).metadata
+            done = _result_of(self._future, self)  # waits; raises the step's failure
+            return {} if self.sub_path else done.metadata  # as StepRef.cd: no metadata
         return self.__dict__.get("_metadata", {})
 
     @metadata.setter
