@@ -6,7 +6,11 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+
+# Prefect's client re-binds an async cache to each new event loop and says so every time.
+warnings.filterwarnings("ignore", message="alru_cache detected event loop change")
 
 USAGE_EPILOG = """examples:
   python -m flows run demo                 run experiments/demo.py end to end

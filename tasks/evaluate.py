@@ -151,14 +151,26 @@ def _summary(logged: dict, prefix: str) -> dict:
 
 
 def _publish(name: str, results: dict) -> None:
-    try:
-        from prefect.artifacts import create_table_artifact
-        from prefect.context import TaskRunContext
+    """The results as a keyed table artifact (`eval-<name>`) and a line in the run log."""
+    from tasks.core import artifacts
 
-        if TaskRunContext.get() is not None:
-            create_table_artifact(
-                table=[{"dataset": k, **v} for k, v in results.items()],
-                description=f"evaluation of {name}",
+    rows = [{"dataset": k, **v} for k, v in results.items()]
+    for row in rows:
+        if row.get("loss") is not None:
+            _run_log(
+                f"{name}: {row['dataset']}: loss {row['loss']:.4f}, perplexity "
+                f"{row['perplexity']:.2f}, bits/byte {row.get('bits_per_byte') or float('nan'):.4f}"
             )
-    except Exception:  # artifacts are a convenience; results.json is the record
+    where = artifacts.output_url() or ""
+    artifacts.publish_table(
+        artifacts.key("eval", name), rows, f"evaluation of {name} (whole splits) {where}"
+    )
+
+
+def _run_log(line: str) -> None:
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().info(line)
+    except Exception:  # outside a run
         pass

@@ -162,21 +162,34 @@ def _waitable_checkpointer_config():
     return WaitableCheckpointerConfig
 
 
-def _progress_reporter(total_steps: int):
-    """Update a Prefect progress artifact as levanter logs steps (no-op outside a task run)."""
-    try:
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
-        from prefect.context import TaskRunContext
+def _progress_reporter(name: str, total_steps: int, tokens_per_step: int):
+    """What a user watching a long run sees: a keyed Prefect progress artifact, and a line in
+    the task run's log about every tenth of the run (at most every 30 s, at least every
+    5 min) with step, loss, tokens/s and ETA. No-op outside a task run."""
+    import time
 
-        if TaskRunContext.get() is None:
-            return None
-        artifact_id = create_progress_artifact(progress=0.0, description="training progress")
+    from tasks.core import artifacts
+
+    if not artifacts.in_task_run():
+        return None
+    try:
+        from prefect import get_run_logger
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        run_logger = get_run_logger()
+        artifact_id = create_progress_artifact(
+            progress=0.0,
+            key=artifacts.key("progress", name),
+            description=f"training progress of {name}",
+        )
     except Exception as exc:  # the UI is a convenience; never fail training over it
         logger.warning("no progress artifact: %s", exc)
         return None
-    last = {"pct": -1.0}
+    every_steps = max(1, total_steps // 10)
+    last = {"pct": -1.0, "logged_at": 0.0, "logged_step": None, "started": time.monotonic()}
 
     def report(step: int, metrics: Any) -> None:
+        now = time.monotonic()
         pct = round(100.0 * min(step + 1, total_steps) / total_steps, 1)
         if pct - last["pct"] >= 5 or pct >= 100:
             last["pct"] = pct
@@ -184,6 +197,30 @@ def _progress_reporter(total_steps: int):
                 update_progress_artifact(artifact_id=artifact_id, progress=pct)
             except Exception as exc:
                 logger.warning("progress artifact update failed: %s", exc)
+        loss = metrics.get("train/loss") if hasattr(metrics, "get") else None
+        if loss is None:
+            return
+        since = now - last["logged_at"]
+        due = (step % every_steps == 0 and since >= 30) or since >= 300 or step + 1 >= total_steps
+        if last["logged_step"] is None:
+            due = True  # the first step: the compile is done, say so
+        if not due or step == last["logged_step"]:  # levanter logs the last step twice
+            return
+        if last["logged_step"] is not None and step > last["logged_step"]:
+            rate = (step - last["logged_step"]) / max(since, 1e-9)
+        else:
+            rate = 0.0
+        eta = (total_steps - step - 1) / rate if rate else None
+        run_logger.info(
+            "%s: step %d/%d loss %.4f%s%s",
+            name,
+            step + 1,
+            total_steps,
+            float(loss),
+            f", {rate * tokens_per_step:,.0f} tokens/s" if rate else "",
+            f", ETA {eta:.0f} s" if eta is not None else "",
+        )
+        last["logged_at"], last["logged_step"] = now, step
 
     return report
 
@@ -232,7 +269,7 @@ def train_lm(
     seed: int = 0,
     mixed_precision: str = "f32",
     steps_per_eval: int = 25,
-    max_eval_batches: int | None = 8,
+    max_eval_batches: int | None = None,
     checkpoint_every: int | None = None,
     accelerator: str = "cpu",
     *,
@@ -241,7 +278,9 @@ def train_lm(
     """Train a Llama with levanter on tokenized caches.
 
     `data` maps a dataset name to a tokenize step output; `weights` its mixture weight
-    (default: equal). `steps_per_eval`, `max_eval_batches`, `checkpoint_every` and
+    (default: equal). `max_eval_batches=None` scores the whole validation split during
+    training (what `evaluate` scores); a number scores that many batches and every figure of
+    it is labelled a subset. `steps_per_eval`, `max_eval_batches`, `checkpoint_every` and
     `accelerator` (what the call asks Ray for, `tasks.lm.accelerators`) are operational.
     An attempt after an interrupted one resumes from its newest complete checkpoint.
     """
@@ -285,7 +324,7 @@ def train_lm(
             steps_per_eval=steps_per_eval,
             max_eval_batches=max_eval_batches,
             checkpoint_every=checkpoint_every,
-            on_step=_progress_reporter(num_train_steps),
+            on_step=_progress_reporter(name, num_train_steps, batch_size * seq_len),
             attempt=attempt,
             work_dir=work,
         )
@@ -295,7 +334,12 @@ def train_lm(
                 plan.checkpointer.wait_until_finished()  # levanter saves the last one async
         finally:
             finish_all(plan.metrics_path)  # a failed run still leaves its metrics so far
-        final = publish_training_report(plan.metrics_path, output_path, name)
+        final = publish_training_report(
+            plan.metrics_path,
+            output_path,
+            name,
+            eval_subset=max_eval_batches * batch_size if max_eval_batches else None,
+        )
         write_json(
             _url(output_path, "train_config.json"),
             {

@@ -397,6 +397,7 @@ OPERATIONAL = {
     "tokenization.tokenize": {"batch_size"},
     "train.train_lm": {"steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"},
     "evaluate.evaluate": {"accelerator"},
+    "download.download_hf": {"token"},  # a secret: never in an identity
 }
 
 

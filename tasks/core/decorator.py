@@ -18,6 +18,7 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.callables import get_call_parameters
 
 from tasks.core import (
+    artifacts,
     lease,
     manifest,
     outputs,
@@ -94,6 +95,9 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
         attempt = outputs.begin(
             identity.name_with_hash, prefix, resumable=definition.resumable and not _refreshing()
         )
+        url = artifacts.url_of(storage.output_dir(identity.name_with_hash, prefix))
+        _run_log(f"{identity.name_with_hash}: running; output {url}")
+        output_token = artifacts.set_output(url)
         started = time.time()
         notes, token = provenance.collecting_notes(
             functools.partial(_log_note, attempt) if attempt.resumable else None
@@ -126,6 +130,11 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             raise
         finally:
             provenance.stop_collecting(token)
+            artifacts.reset_output(output_token)
+        _run_log(
+            f"{identity.name_with_hash}: committed {_size_line(attempt.manifest)} at {url} "
+            f"in {time.time() - started:.1f} s"
+        )
         return ref
 
     run_step.__signature__ = signature  # type: ignore[attr-defined]
@@ -213,6 +222,8 @@ class Step(Task):
             # Waited for at once: `return_state=True`, or a plain call in a Ray-backed flow
             # (it goes to Ray too: steps are where the work is).
             future = self._submit(self._prepare(params), params, wait_for)
+            if scheduler is not None:
+                scheduler.record(_ref_of(self.identify(params)), future)
             future.wait()
             return future.state if return_state else future.result()
         task = self._prepare(params)
@@ -308,6 +319,22 @@ class Step(Task):
         new.definition = self.definition
         new.result_serializer = records.StepRefSerializer()
         return new
+
+
+def _run_log(line: str) -> None:
+    """A line in the task run's log (the Prefect UI and the console)."""
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().info(line)
+    except Exception:  # outside a run (direct calls in tests)
+        pass
+
+
+def _size_line(manifest: dict[str, Any] | None) -> str:
+    files = (manifest or {}).get("files") or {}
+    total = sum(int(entry.get("bytes", 0)) for entry in files.values())
+    return f"{len(files)} files, {total / 1e6:.1f} MB"
 
 
 def _log_note(attempt: outputs.Attempt, values: dict[str, Any]) -> None:

@@ -173,6 +173,38 @@ class Scheduler:
             self._by_identity[ref.name_with_hash] = future
         return pending(ref, future)
 
+    def record(self, ref: StepRef, future: PrefectFuture) -> None:
+        """A call that was waited for at once (`return_state=True`): in the steps table."""
+        with self._lock:
+            self.started.append((ref, future))
+            self._by_identity.setdefault(ref.name_with_hash, future)
+
+    def publish_table(self) -> None:
+        """The `steps-<flow>` table artifact: one row per step this body started."""
+        from prefect.context import FlowRunContext
+
+        from tasks.core import artifacts, storage
+
+        ctx = FlowRunContext.get()
+        if ctx is None or not self.started:
+            return
+        prefix = storage.current_prefix()
+        seen, rows = set(), []
+        for ref, future in self.started:
+            if ref.name_with_hash in seen:
+                continue
+            seen.add(ref.name_with_hash)
+            rows.append(artifacts.step_row(ref, future.state, prefix))
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        artifacts.publish_table(
+            artifacts.key("steps", ctx.flow.name),
+            rows,
+            f"steps of flow run {ctx.flow_run.name}: {summary}",
+        )
+
     def _wait_for_room(self) -> None:
         while True:
             unfinished = [f for _, f in self.started if not _finished(f.state)]
@@ -181,9 +213,11 @@ class Scheduler:
             next(iter(as_completed(unfinished)))
 
     def wait_all(self) -> None:
-        """Wait for every started step; raise the first failure in call order."""
+        """Wait for every started step, publish the steps table, raise the first failure in
+        call order."""
         for _ref, future in self.started:
             future.wait()
+        self.publish_table()
         for ref, future in self.started:
             state = future.state
             if not state.is_completed() and not _waited_on_failure(state):
@@ -287,4 +321,6 @@ def _settle_quietly(scheduler: Scheduler) -> None:
     for _ref, future in scheduler.started:
         with contextlib.suppress(Exception):
             future.wait()
+    with contextlib.suppress(Exception):
+        scheduler.publish_table()
     logger.debug("settled %d steps in %.1fs", len(scheduler.started), time.monotonic() - started)

@@ -40,7 +40,7 @@ def _curve(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-def plot_loss(rows: list[dict[str, Any]], title: str) -> bytes:
+def plot_loss(rows: list[dict[str, Any]], title: str, eval_label: str = "validation loss") -> bytes:
     """The loss curve as PNG bytes."""
     import matplotlib
 
@@ -53,7 +53,7 @@ def plot_loss(rows: list[dict[str, Any]], title: str) -> bytes:
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss")
+        ax.plot(*zip(*evals), "o-", label=eval_label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
@@ -67,35 +67,51 @@ def plot_loss(rows: list[dict[str, Any]], title: str) -> bytes:
 
 def url_of(path: str) -> str:
     """`path` as a URL: gs://... stays, a local path becomes file:///abs/path."""
-    if "://" in path:
-        return path
-    return "file://" + os.path.abspath(path)
+    from tasks.core import artifacts
+
+    return artifacts.url_of(path if "://" in path else os.path.abspath(path))
 
 
-def publish_training_report(metrics_path: str, output_path: str, name: str) -> dict[str, Any]:
+def publish_training_report(
+    metrics_path: str, output_path: str, name: str, eval_subset: int | None = None
+) -> dict[str, Any]:
     """Read the metrics (any fsspec URL), write `loss.png` into `output_path` (any fsspec URL)
-    and publish the picture and the final metrics as Prefect artifacts."""
+    and publish the picture and the final metrics as keyed Prefect artifacts
+    (`loss-curve-<name>`, `metrics-<name>`). `eval_subset`: the number of validation sequences
+    the in-training evaluation scored, when it was not the whole split; the figures then say
+    so (the whole split's loss is `evaluate`'s)."""
+    from tasks.core import artifacts
+
     rows = read_metrics(metrics_path)
     final = final_metrics(rows)
+    label = "validation loss" if not eval_subset else f"validation loss (first {eval_subset} seq.)"
     png = f"{output_path.rstrip('/')}/loss.png"
-    picture = plot_loss(rows, name)
+    picture = plot_loss(rows, name, label)
     with fsspec.open(png, "wb") as handle:
         handle.write(picture)
+    if eval_subset:
+        final = {
+            (f"{k} (first {eval_subset} sequences)" if k.startswith("eval/") else k): v
+            for k, v in final.items()
+        }
+    if not artifacts.in_task_run():
+        return final
+    where = artifacts.output_url() or url_of(output_path)
     try:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-        from prefect.context import TaskRunContext
+        from prefect.artifacts import create_markdown_artifact
 
-        if TaskRunContext.get() is not None:
-            encoded = base64.b64encode(picture).decode()
-            create_markdown_artifact(
-                markdown=f"### Loss curve: {name}\n\n![loss curve](data:image/png;base64,{encoded})"
-                f"\n\nPNG: `{url_of(png)}`",
-                description="training loss curve",
-            )
-            create_table_artifact(
-                table=[{"metric": k, "value": v} for k, v in final.items()],
-                description=f"final metrics of {name}",
-            )
+        encoded = base64.b64encode(picture).decode()
+        create_markdown_artifact(
+            markdown=f"### Loss curve: {name}\n\n![loss curve](data:image/png;base64,{encoded})"
+            f"\n\nPNG: `{where}/loss.png`",
+            key=artifacts.key("loss-curve", name),
+            description=f"training loss curve of {name}",
+        )
     except Exception as exc:  # artifacts are a convenience; the files are the record
-        logger.warning("could not publish training artifacts: %s", exc)
+        logger.warning("could not publish the loss curve: %s", exc)
+    artifacts.publish_table(
+        artifacts.key("metrics", name),
+        [{"metric": k, "value": v} for k, v in final.items()],
+        f"final training metrics of {name} ({where})",
+    )
     return final
