@@ -256,9 +256,61 @@ def test_pipeline_end_to_end_then_all_cached(prefix, http_base, monkeypatch):
     assert tokenized["train"]["tokens"] > 0 and tokenized["validation"]["documents"] > 0
     assert json.loads(Path(refs["eval"].path, "results.json").read_text())["kjv-e2e"]
 
+    # The in-training validation loss scores the whole split by default: the last one is
+    # evaluate's figure for the same model (it was a 256-sequence subset before).
+    last_eval = [r["eval/loss"] for r in rows if r.get("eval/loss") is not None][-1]
+    assert last_eval == pytest.approx(results["loss"], rel=1e-3)
+
+    watched = _watched(state.state_details.flow_run_id)
+    assert {"loss-curve-kjv-e2e", "metrics-kjv-e2e", "eval-kjv-e2e", "progress-kjv-e2e"} <= set(
+        watched["artifacts"]
+    ), sorted(watched["artifacts"])
+    curve = watched["artifacts"]["loss-curve-kjv-e2e"]
+    assert f"file://{model}/loss.png" in curve.data  # the committed place, not the staging one
+    steps = json.loads(watched["artifacts"]["steps-pretrain"].data)
+    assert [row["state"] for row in steps] == ["Completed"] * 6
+    assert all(row["output"].startswith("file://") and row["bytes"] > 0 for row in steps)
+
     again = pretrain(**params, return_state=True)
     assert _task_run_states(again.state_details.flow_run_id, 6) == ["Cached"] * 6
     assert again.result()["model"] == refs["model"]
+    steps = json.loads(
+        _watched(again.state_details.flow_run_id)["artifacts"]["steps-pretrain"].data
+    )
+    assert [row["state"] for row in steps] == ["Cached"] * 6
+
+
+def _watched(flow_run_id) -> dict:
+    """What a user sees of a flow run through the API: its keyed artifacts and its logs."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while True:  # logs arrive in batches
+            artifacts = client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+            )
+            if any("Finished in state" in log.message for log in logs) or (
+                time.monotonic() > deadline
+            ):
+                break
+            time.sleep(1)
+    return {
+        "artifacts": {a.key: a for a in artifacts if a.key},
+        "logs": [log.message for log in logs],
+    }
 
 
 @pytest.mark.parametrize(

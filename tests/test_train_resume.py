@@ -71,6 +71,10 @@ def test_killed_training_resumes_from_its_checkpoint_and_commits_once(tmp_path):
     assert max(r["step"] for r in rows) >= 39
     assert rows[: len(killed_rows)] == killed_rows  # the killed attempt's metrics were kept
 
+    # What the user's terminal shows: progress lines, not levanter's own console output.
+    assert re.search(r"resume: step \d+/40 loss [0-9.]+, [0-9,]+ tokens/s, ETA \d+ s", output)
+    assert "levanter.checkpoint" not in output and "Unknown leaf type" not in output
+
     # Committed once, and evaluated on the final model.
     finished = re.findall(r"Task run '([^']+)' - Finished in state (\w+)\(", output)
     assert [s for n, s in finished if n.startswith(("checkpoints/", "eval/"))] == ["Completed"] * 2
