@@ -3,14 +3,23 @@
 An ephemeral server costs ~13 s per process on these machines, a running one ~0.5 s, so the
 default is to reuse a local server, or start one in the background once and keep it. A user
 whose environment or Prefect profile sets PREFECT_API_URL is never second-guessed.
+
+A server secured with PREFECT_SERVER_API_AUTH_STRING answers `/health` without credentials
+and refuses everything else with HTTP 401, so a reachable API is also asked one authenticated
+question (`/admin/version`, which Prefect's client asks first anyway) before anything runs:
+a missing or wrong PREFECT_API_AUTH_STRING is one line, not a traceback after a step started.
+The auth string itself is never printed (docs/security.md).
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 PORT_ENV = "LMFLOWS_SERVER_PORT"
@@ -34,6 +43,94 @@ def healthy(api_url: str, timeout: float = 1.0) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+def _authorization() -> str | None:
+    """The Authorization header Prefect's client sends: basic auth from PREFECT_API_AUTH_STRING
+    (environment or profile), else a bearer PREFECT_API_KEY (Prefect Cloud), else none."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    auth_string = api.auth_string.get_secret_value() if api.auth_string else None
+    if auth_string:
+        return "Basic " + base64.b64encode(auth_string.encode("utf-8")).decode("ascii")
+    api_key = api.key.get_secret_value() if api.key else None
+    return f"Bearer {api_key}" if api_key else None
+
+
+def refused(api_url: str, timeout: float = 5.0) -> int | None:
+    """The HTTP status (401 or 403) with which the API refuses this client's credentials, or
+    None when it accepts them (or fails some other way, which the run itself reports)."""
+    request = urllib.request.Request(f"{api_url.rstrip('/')}/admin/version")
+    if header := _authorization():
+        request.add_header("Authorization", header)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        return exc.code if exc.code in (401, 403) else None
+    except OSError:
+        return None
+
+
+# Loggers known to print credentials at DEBUG: `websockets` logs the handshake's headers
+# (Authorization: Basic base64(auth string)) and every frame, including Prefect's events
+# client's {"type": "auth", "token": AUTH_STRING} message.
+CREDENTIAL_LOGGERS = ("websockets.client", "websockets.protocol")
+
+
+class _Redact(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def redact_credential_logs() -> None:
+    """Redact this client's Prefect credentials from the loggers that print them at DEBUG
+    (a user who sets PREFECT_LOGGING_ROOT_LEVEL=DEBUG must not find the auth string in the
+    console or a CI log)."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    secrets = []
+    for value in (api.auth_string, api.key):
+        if value and value.get_secret_value():
+            raw = value.get_secret_value()
+            secrets += [raw, base64.b64encode(raw.encode("utf-8")).decode("ascii")]
+    if not secrets:
+        return
+    for name in CREDENTIAL_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.filters = [f for f in logger.filters if not isinstance(f, _Redact)]
+        logger.addFilter(_Redact(secrets))
+
+
+def check_access(api_url: str) -> None:
+    """One line for a server that answers but refuses this client (never the secret)."""
+    status = refused(api_url)
+    if status is None:
+        return
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    if api.auth_string and api.auth_string.get_secret_value():
+        advice = "PREFECT_API_AUTH_STRING does not match the server's auth string"
+    elif api.key and api.key.get_secret_value():
+        advice = (
+            "PREFECT_API_KEY is for Prefect Cloud; for a self-hosted server set "
+            "PREFECT_API_AUTH_STRING to the server's auth string"
+        )
+    else:
+        advice = "set PREFECT_API_AUTH_STRING to the server's auth string"
+    raise ServerError(f"the Prefect API at {api_url} refused the request (HTTP {status}): {advice}")
 
 
 def ui_url(api_url: str) -> str:
@@ -92,6 +189,8 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
                 f"the Prefect API at {configured} (PREFECT_API_URL) does not answer; start "
                 "that server, or unset PREFECT_API_URL to use a local one"
             )
+        check_access(configured)
+        redact_credential_logs()
         return configured
     if mode == "ephemeral":
         return None
@@ -128,5 +227,7 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
                     f"within {START_TIMEOUT_S:.0f} s"
                 )
             time.sleep(0.5)
+    check_access(api_url)
+    redact_credential_logs()
     os.environ["PREFECT_API_URL"] = api_url
     return api_url

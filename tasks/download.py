@@ -81,12 +81,17 @@ def download_url(
     return {"files": files, "total_bytes": sum(f["bytes"] for f in files)}
 
 
-@step(hash_attrs=["dataset_id", "revision", "allow_patterns"], name="raw/hf/{name}")
+@step(
+    hash_attrs=["dataset_id", "revision", "allow_patterns"],
+    operational=["token"],
+    name="raw/hf/{name}",
+)
 def download_hf(
     dataset_id: str,
     revision: str,
     name: str,
     allow_patterns: list[str] | None = None,
+    token: str | None = None,
     *,
     output_path: str,
 ) -> dict:
@@ -95,6 +100,13 @@ def download_hf(
     A moving revision (a branch or tag such as "main") is allowed but warned about: the
     identity then does not pin the content. The commit it resolved to is recorded in the
     metadata and the provenance record.
+
+    `token` is a hub access token for a gated or private dataset. It is operational (access,
+    not content: the resolved commit pins the bytes) and must never be a hash attribute: it
+    would enter the identity payload and the provenance record, and rotating it would re-key
+    the step. It is passed only to huggingface_hub, never noted, logged or returned. None
+    leaves it to huggingface_hub (HF_TOKEN, or the token `hf auth login` saved). See
+    docs/security.md.
     """
     from huggingface_hub import HfApi, snapshot_download
 
@@ -106,7 +118,7 @@ def download_hf(
             dataset_id,
             revision,
         )
-    info = HfApi().dataset_info(dataset_id, revision=revision)
+    info = HfApi(token=token).dataset_info(dataset_id, revision=revision)
     commit = info.sha
     note(hf_dataset=dataset_id, requested_revision=revision, resolved_commit=commit)
     local = output_path if "://" not in output_path else tempfile.mkdtemp(prefix="lmflows-hf-")
@@ -116,6 +128,7 @@ def download_hf(
         revision=commit,
         allow_patterns=allow_patterns,
         local_dir=local,
+        token=token,
     )
     files = []
     for path in sorted(Path(local).rglob("*")):

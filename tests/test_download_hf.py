@@ -17,6 +17,7 @@ FILES = {"train.jsonl": b'{"text": "hello hub"}\n', "notes.md": b"# not wanted\n
 
 class FakeHub(http.server.BaseHTTPRequestHandler):
     requests: list[str] = []
+    authorizations: list[str | None] = []  # each request's Authorization header
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -32,6 +33,7 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
 
     def _handle(self, head: bool) -> None:
         FakeHub.requests.append(self.path)
+        FakeHub.authorizations.append(self.headers.get("Authorization"))
         path = self.path.split("?", 1)[0]
         if path.startswith("/api/datasets/tiny/corpus/revision/"):
             info = {
