@@ -222,3 +222,22 @@ def test_a_renamed_resource_fails_the_placement_check():
     bundle = demand(ray_resources("tpu-v4-8"))
     assert any(fits(bundle, n["resources"]) for n in worker_types(config).values())
     assert not any(fits(bundle, n["resources"]) for n in worker_types(broken).values())
+
+
+def test_the_gcp_work_pool_example_fits_prefect_gcps_job_template():
+    """deploy/gcp/cloud-run-job-variables.json (documented in deploy/README.md) is valid for
+    the Cloud Run worker's own variables schema, and carries no secret values."""
+    import json
+
+    import jsonschema
+    from prefect_gcp.workers.cloud_run import CloudRunWorker
+
+    schema = CloudRunWorker.get_default_base_job_template()["variables"]
+    example = json.loads((REPO / "deploy/gcp/cloud-run-job-variables.json").read_text())
+    assert set(example) <= set(schema["properties"]), set(example) - set(schema["properties"])
+    jsonschema.validate(example, schema)
+    assert example["env"]["LMFLOWS_PREFIX"].startswith("gs://")
+    assert "PREFECT_API_AUTH_STRING" not in example["env"]  # a Secret Manager reference instead
+    assert set(example["prefect_api_auth_string_secret"]) <= {"secret", "version"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**example, "timeout": 86400}, schema)  # the schema is enforced
