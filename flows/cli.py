@@ -325,7 +325,7 @@ def cmd_run(
     try:
         if watch is not None:
             watch.__enter__()
-        state = _run_flow(flow, api_url, params)
+        state = _run_flow(_with_steps_table(flow), api_url, params)
     except Exception:
         if watch is None or (watch.healthy() and not watch.lost):
             raise
@@ -384,6 +384,17 @@ def _commit_bytes(name_with_hash: str, prefix: str) -> bytes | None:
         return storage.read_bytes(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
     except OSError:
         return None
+
+
+def _with_steps_table(flow):
+    """A plain `prefect.flow` run from here still ends with its `steps-<flow>` table."""
+    from tasks.core import schedule
+
+    if getattr(flow.fn, "_lmflows_flow", False):
+        return flow
+    recorded = flow.with_options()
+    recorded.fn = schedule.recording(flow.fn)
+    return recorded
 
 
 def _run_flow(flow, api_url: str | None, params: dict):

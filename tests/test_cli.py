@@ -132,3 +132,28 @@ def test_a_stale_server_pid_file_is_removed_but_a_live_one_is_kept(tmp_path):
         pid_file.write_text(str(os.getpid()))  # alive: not ours to judge
         _remove_stale_pid_file(said.append)
         assert pid_file.exists() and len(said) == 1
+
+
+def test_a_plain_prefect_flow_run_from_the_cli_ends_with_its_steps_table(tmp_path):
+    """tests/data/file_experiment.py uses `prefect.flow`: its calls run to their end as in
+    Prefect, and the command line still records them into a steps table."""
+    import json
+    import re
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    prefix = tmp_path / "out"
+    result = flows_cli("run", "tests/data/file_experiment.py", "--prefix", str(prefix))
+    assert result.returncode == 0, result.stderr[-3000:]
+    flow_run_id = re.search(r"flow-run/([0-9a-f-]{36})", result.stdout).group(1)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+        )
+    [table] = [a for a in artifacts if a.key == "steps-file-experiment"]
+    rows = json.loads(table.data)
+    assert [row["step"].split("-")[0] for row in rows] == ["t/source", "t/derive"]
+    assert all(row["state"] == "Completed" and row["bytes"] > 0 for row in rows)
+    assert rows[0]["output"] == f"file://{prefix}/{rows[0]['step']}"

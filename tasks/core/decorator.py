@@ -216,7 +216,9 @@ class Step(Task):
         if planning.active_plan() is not None:
             return self._plan(params)
         scheduler = schedule.active()
-        if scheduler is not None and not return_state and not _in_task_run():
+        if scheduler is not None and _in_task_run():
+            scheduler = None  # a step called from a step's body runs there, to its end
+        if scheduler is not None and scheduler.concurrent and not return_state:
             return self._start(scheduler, params, wait_for)
         if scheduler is not None or _flow_runs_on_ray():
             # Waited for at once: `return_state=True`, or a plain call in a Ray-backed flow

@@ -150,7 +150,10 @@ def futures_of(wait_for: Any) -> list[Any]:
 class Scheduler:
     """The steps one flow body started, in call order."""
 
-    def __init__(self, max_concurrent: int | None, flow_run_id: Any = None) -> None:
+    def __init__(
+        self, max_concurrent: int | None, flow_run_id: Any = None, concurrent: bool = True
+    ) -> None:
+        self.concurrent = concurrent  # False: calls run to their end, only recorded
         self.max_concurrent = max_concurrent
         self.flow_run_id = flow_run_id  # the run whose body started the steps
         self.started: list[tuple[StepRef, PrefectFuture]] = []
@@ -276,8 +279,12 @@ def max_concurrent_setting() -> int | None:
 
 
 @contextlib.contextmanager
-def concurrent_steps(max_concurrent: int | None = None) -> Iterator[Scheduler]:
-    scheduler = Scheduler(max_concurrent or max_concurrent_setting(), _current_flow_run_id())
+def concurrent_steps(
+    max_concurrent: int | None = None, concurrent: bool = True
+) -> Iterator[Scheduler]:
+    scheduler = Scheduler(
+        max_concurrent or max_concurrent_setting(), _current_flow_run_id(), concurrent
+    )
     token = _ACTIVE.set(scheduler)
     try:
         yield scheduler
@@ -312,7 +319,27 @@ def flow(
         except TypeError:  # refs as dict keys or set members: already done, equal to plain
             return result
 
+    body._lmflows_flow = True  # type: ignore[attr-defined]
     return prefect.flow(body, **flow_options)
+
+
+def recording(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain `prefect.flow` body as `python -m flows run` runs it: calls keep Prefect's
+    run-to-the-end semantics, but are recorded, so the run still ends with its steps table."""
+    if getattr(fn, "_lmflows_flow", False):
+        return fn
+
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        with concurrent_steps(concurrent=False) as scheduler:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with contextlib.suppress(Exception):
+                    scheduler.publish_table()
+
+    body._lmflows_flow = True  # type: ignore[attr-defined]
+    return body
 
 
 def _settle_quietly(scheduler: Scheduler) -> None:
