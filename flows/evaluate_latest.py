@@ -18,13 +18,43 @@ class NothingToEvaluate(ValueError):
     """The experiment has no committed training output (yet), or unknown datasets."""
 
 
+# Packages whose modules a deployment parameter may name (`flows.pretrain`).
+IMPORTABLE = ("experiments.", "flows.")
+
+
+def load_experiment(experiment: str):
+    """The flow an `experiment` parameter names: a module under `experiments/` (`demo`) or a
+    dotted module of this repository's flows (`flows.pretrain`). Never a file path: a
+    parameter anyone may set when triggering a deployment must not import arbitrary code on
+    the worker."""
+    import importlib
+
+    from flows.loader import ExperimentError, find_flow, load_flow
+
+    if "/" in experiment or "\\" in experiment or experiment.endswith(".py"):
+        raise NothingToEvaluate(
+            f"experiment {experiment!r}: name a module under experiments/ (e.g. 'demo') or "
+            "'flows.pretrain', not a file path"
+        )
+    if "." not in experiment:
+        return load_flow(experiment)
+    if not experiment.startswith(IMPORTABLE):
+        raise NothingToEvaluate(
+            f"experiment {experiment!r}: only modules of {', '.join(IMPORTABLE)} can be named"
+        )
+    try:
+        module = importlib.import_module(experiment)
+    except ImportError as exc:
+        raise ExperimentError(f"experiment {experiment}: {exc}") from exc
+    return find_flow(module)
+
+
 def plan_experiment(experiment: str, parameters: dict[str, Any] | None):
     """The experiment's plan with its statuses, its flow parameters bound as a run would."""
-    from flows.loader import load_flow
     from flows.params import bind
     from tasks.core import planning
 
-    target = load_flow(experiment)
+    target = load_experiment(experiment)
     # `bind` takes command-line text: JSON, except that str parameters take the text as is.
     raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (parameters or {}).items()}
     params = bind(target, raw)
@@ -34,10 +64,21 @@ def plan_experiment(experiment: str, parameters: dict[str, Any] | None):
     return plan
 
 
-def committed_at(name_with_hash: str) -> float:
-    """When an output was committed (its provenance's end time)."""
-    raw = storage.read_bytes(storage.meta_path(name_with_hash, storage.PROVENANCE_FILE))
-    return float(json.loads(raw)["ended_at"])
+def committed_at(name_with_hash: str) -> float | None:
+    """When an output was committed (its provenance's end time); None if that record is
+    missing or damaged (the output is then skipped, with a warning)."""
+    import logging
+    import math
+
+    path = storage.meta_path(name_with_hash, storage.PROVENANCE_FILE)
+    try:
+        when = float(json.loads(storage.read_bytes(path))["ended_at"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logging.getLogger("lmflows.evaluate_latest").warning(
+            "skipping %s: its provenance %s is unreadable (%s)", name_with_hash, path, exc
+        )
+        return None
+    return when if math.isfinite(when) else None
 
 
 def ref_of(identity: str) -> StepRef:
@@ -60,6 +101,25 @@ def _input(value: Any, deps: list[str]) -> Any:
     return value
 
 
+def newest_committed(experiment: str, trained: list[Any]) -> Any:
+    """The planned step committed last (by its provenance); outputs whose provenance is
+    unreadable are skipped (a planted record can only choose among the experiment's own
+    committed models)."""
+    dated = [(committed_at(item.ref.name_with_hash), item) for item in trained]
+    dated = [(when, item) for when, item in dated if when is not None]
+    if not dated:
+        raise NothingToEvaluate(
+            f"experiment {experiment}: the committed training outputs "
+            f"{', '.join(i.ref.name_with_hash for i in trained)} have no readable provenance "
+            "(run `python -m flows verify`)"
+        )
+    return max(dated, key=_first)[1]
+
+
+def _first(pair: tuple[float, Any]) -> float:
+    return pair[0]
+
+
 @flow(name="evaluate-latest")
 def evaluate_latest(
     experiment: str = "demo",
@@ -80,7 +140,7 @@ def evaluate_latest(
             f"experiment {experiment}: no committed training output yet (planned: "
             f"{', '.join(planned) or 'none'})"
         )
-    newest = max(trained, key=lambda item: committed_at(item.ref.name_with_hash))
+    newest = newest_committed(experiment, trained)
     data = {key: _input(value, newest.deps) for key, value in newest.attrs["data"].items()}
     if datasets:
         unknown = sorted(set(datasets) - set(data))

@@ -68,7 +68,7 @@ def refused(api_url: str, timeout: float = 5.0) -> int | None:
         with urllib.request.urlopen(request, timeout=timeout):
             return None
     except urllib.error.HTTPError as exc:
-        return exc.code if exc.code in (401, 403) else None
+        return exc.code if exc.code in (401, 403) or exc.code >= 500 else None
     except OSError:
         return None
 
@@ -121,6 +121,12 @@ def check_access(api_url: str) -> None:
     from prefect.settings import get_current_settings
 
     api = get_current_settings().api
+    if status >= 500:
+        raise ServerError(
+            f"the Prefect API at {api_url} failed an authenticated request (HTTP {status}); "
+            "its server log says why (Prefect's server fails every request when "
+            "PREFECT_SERVER_API_AUTH_STRING has non-ASCII characters)"
+        )
     if api.auth_string and api.auth_string.get_secret_value():
         advice = "PREFECT_API_AUTH_STRING does not match the server's auth string"
     elif api.key and api.key.get_secret_value():
@@ -167,13 +173,26 @@ def _remove_stale_pid_file(announce=print) -> None:
         return
     try:
         os.kill(pid, 0)
-        return  # alive: Prefect's own message will say what to do
     except ProcessLookupError:
-        pass
+        announce(f"lmflows: removing {pid_file}: its server (pid {pid}) is gone")
+        pid_file.unlink(missing_ok=True)
+        return
     except PermissionError:
         return
-    announce(f"lmflows: removing {pid_file}: its server (pid {pid}) is gone")
-    pid_file.unlink(missing_ok=True)
+    if not _is_prefect_server(pid):  # the pid was reused by another program
+        announce(f"lmflows: removing {pid_file}: pid {pid} is not a Prefect server")
+        pid_file.unlink(missing_ok=True)
+
+
+def _is_prefect_server(pid: int) -> bool:
+    """Whether a live process looks like a Prefect server (Linux: its command line); when
+    that cannot be known, assume it is (never remove a live server's pid file)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().replace(b"\0", b" ")
+    except OSError:
+        return True
+    return b"prefect" in command or b"uvicorn" in command
 
 
 def ensure_server(mode: str = "auto", announce=print) -> str | None:
@@ -202,7 +221,7 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
             "(once; later runs reuse it; stop it with `prefect server stop`)"
         )
         _remove_stale_pid_file(announce)
-        subprocess.run(
+        started = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -215,10 +234,13 @@ def ensure_server(mode: str = "auto", announce=print) -> str | None:
                 "--port",
                 str(port),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            check=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        if started.returncode != 0:
+            said = " ".join(started.stdout.split())[-300:]
+            raise ServerError(f"`prefect server start --background` failed: {said}")
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
             if time.monotonic() > deadline:

@@ -129,9 +129,23 @@ def test_a_stale_server_pid_file_is_removed_but_a_live_one_is_kept(tmp_path):
         pid_file.write_text(str(dead.pid))
         _remove_stale_pid_file(said.append)
         assert not pid_file.exists() and f"pid {dead.pid}" in said[0]
-        pid_file.write_text(str(os.getpid()))  # alive: not ours to judge
-        _remove_stale_pid_file(said.append)
-        assert pid_file.exists() and len(said) == 1
+        pid_file.write_text(str(os.getpid()))  # alive, and a python running prefect (pytest)?
+        sleeper = subprocess.Popen(["sleep", "30"])  # alive, but not a Prefect server
+        try:
+            pid_file.write_text(str(sleeper.pid))
+            _remove_stale_pid_file(said.append)
+            assert not pid_file.exists() and "is not a Prefect server" in said[1]
+        finally:
+            sleeper.kill()
+        server_like = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)", "prefect", "server"]
+        )
+        try:
+            pid_file.write_text(str(server_like.pid))
+            _remove_stale_pid_file(said.append)
+            assert pid_file.exists() and len(said) == 2  # a live server's file is kept
+        finally:
+            server_like.kill()
 
 
 def test_a_plain_prefect_flow_run_from_the_cli_ends_with_its_steps_table(tmp_path):
@@ -157,3 +171,29 @@ def test_a_plain_prefect_flow_run_from_the_cli_ends_with_its_steps_table(tmp_pat
     assert [row["step"].split("-")[0] for row in rows] == ["t/source", "t/derive"]
     assert all(row["state"] == "Completed" and row["bytes"] > 0 for row in rows)
     assert rows[0]["output"] == f"file://{prefix}/{rows[0]['step']}"
+
+
+def test_an_api_that_fails_authenticated_requests_is_one_line(monkeypatch):
+    """Prefect's server answers /health but fails every other request with HTTP 500 when its
+    auth string is not ASCII: that must not pass for "accepted"."""
+    import http.server
+    import threading
+
+    from flows.server import ServerError, check_access
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path.endswith("/health") else 500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api"
+        with pytest.raises(ServerError, match=r"failed an authenticated request \(HTTP 500\)"):
+            check_access(url)
+    finally:
+        server.shutdown()

@@ -132,7 +132,7 @@ def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path):
     parameters = json.dumps({k: json.loads(v) if k != "name" else v for k, v in SMALL.items()})
     latest_run = _run_deployment(
         "evaluate-latest/evaluate-latest",
-        {"experiment": "flows/pretrain.py", "parameters": parameters},
+        {"experiment": "flows.pretrain", "parameters": parameters},
         prefix,
     )
     assert _task_run_states(uuid.UUID(latest_run), 1) == ["Cached"]

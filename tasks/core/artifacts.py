@@ -25,9 +25,17 @@ _OUTPUT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 def key(kind: str, name: str) -> str:
-    """``key("loss-curve", "sweep/kjv lr0.01")`` -> ``loss-curve-sweep-kjv-lr0-01``."""
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{kind}-{name}".lower()).strip("-")
-    return slug[:MAX_KEY].rstrip("-") or kind
+    """``key("loss-curve", "demo-kjv")`` -> ``loss-curve-demo-kjv``. A name that slugging
+    changes or shortens gets 8 hex of its sha256 (``loss-curve-sweep-lr0-01-1c2d3e4f``), so
+    `lr0.01` and `lr0-01` (both valid step names) never share an artifact's history."""
+    import hashlib
+
+    plain = f"{kind}-{name}"
+    slug = re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-")
+    if slug == plain and len(slug) <= MAX_KEY:
+        return slug
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{slug[: MAX_KEY - 9].rstrip('-') or kind}-{digest}"
 
 
 def url_of(path: str) -> str:

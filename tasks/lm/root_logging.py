@@ -35,7 +35,7 @@ def restored_root_logging() -> Iterator[None]:
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
         levanter_logger = logging.getLogger("levanter")
-        propagate = levanter_logger.propagate
+        propagate, levanter_level = levanter_logger.propagate, levanter_logger.level
         patched = _quiet_levanter_console(handlers)
         if patched is not None:
             levanter_logger.propagate = False  # also what it logs before init_logging runs
@@ -52,6 +52,7 @@ def restored_root_logging() -> Iterator[None]:
                     levanter_logger.removeHandler(handler)
                     handler.close()
             levanter_logger.propagate = propagate
+            levanter_logger.setLevel(levanter_level)  # init_logging sets INFO
             root.handlers[:] = handlers
             root.setLevel(level)
 
