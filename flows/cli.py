@@ -526,14 +526,45 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+# After Ctrl-C the process exits within this many seconds even while steps are still running
+# in the task runner's threads (their shutdown waits for them; a training step would hold
+# the terminal for minutes). Their leases die with the process: the next run takes over.
+CTRL_C_GRACE_S = 5.0
+
+
+def _exit_soon_after_ctrl_c() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    default = signal.getsignal(signal.SIGINT)
+    if not callable(default):
+        return
+
+    def interrupted(signum, frame):
+        timer = threading.Timer(CTRL_C_GRACE_S, _exit_interrupted)
+        timer.daemon = True
+        timer.start()
+        default(signum, frame)  # KeyboardInterrupt: unwind what can unwind
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def _exit_interrupted() -> None:
+    print("lmflows: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Every failure is one line on stderr and a non-zero exit: 2 for bad input (experiment,
     arguments, settings), 1 for a failed run or damage found, 130 for Ctrl-C. LMFLOWS_DEBUG=1
     shows the traceback too."""
+    _exit_soon_after_ctrl_c()
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("lmflows: interrupted", file=sys.stderr)
+        print("lmflows: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # the last resort: still one line, never a traceback by default
         if os.environ.get("LMFLOWS_DEBUG"):

@@ -340,6 +340,28 @@ def test_ctrl_c_exits_130_with_one_line(prefix, tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_ctrl_c_during_concurrent_steps_exits_130_within_seconds(prefix, tmp_path, call_log):
+    """Steps of a `tasks.core.flow` run in the task runner's threads, whose shutdown waits for
+    them: without the grace timer Ctrl-C held the terminal until every step finished."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "LMFLOWS_TEST_PID_DIR": str(pids), "LMFLOWS_TEST_NAP": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows", "run", "tests/data/concurrent_experiment.py"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None, "the naps never started"
+        time.sleep(0.05)
+    interrupted = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - interrupted < 20
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "lmflows: interrupted"
+
+
 # --- found by attacking the second version ----------------------------------------------------
 
 
