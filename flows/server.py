@@ -192,6 +192,8 @@ def _is_prefect_server(pid: int) -> bool:
             command = handle.read().replace(b"\0", b" ")
     except OSError:
         return True
+    if not command.strip():
+        return True  # a process being replaced (exec) or a zombie: cannot say
     return b"prefect" in command or b"uvicorn" in command
 
 

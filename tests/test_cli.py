@@ -111,6 +111,16 @@ def test_plan_does_not_contact_prefect(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def _wait_for_exec(pid: int, marker: bytes) -> None:
+    """Popen can return before the child's exec shows in /proc (vfork): wait for it."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the child never showed its command line"
+        time.sleep(0.01)
+
+
 def test_a_stale_server_pid_file_is_removed_but_a_live_one_is_kept(tmp_path):
     """`prefect server start --background` refuses to start while server.pid exists, even
     when that server died (reboot, OOM): `make demo` would fail until the user found out."""
@@ -132,6 +142,7 @@ def test_a_stale_server_pid_file_is_removed_but_a_live_one_is_kept(tmp_path):
         pid_file.write_text(str(os.getpid()))  # alive, and a python running prefect (pytest)?
         sleeper = subprocess.Popen(["sleep", "30"])  # alive, but not a Prefect server
         try:
+            _wait_for_exec(sleeper.pid, b"sleep")
             pid_file.write_text(str(sleeper.pid))
             _remove_stale_pid_file(said.append)
             assert not pid_file.exists() and "is not a Prefect server" in said[1]
@@ -141,6 +152,7 @@ def test_a_stale_server_pid_file_is_removed_but_a_live_one_is_kept(tmp_path):
             [sys.executable, "-c", "import time; time.sleep(30)", "prefect", "server"]
         )
         try:
+            _wait_for_exec(server_like.pid, b"prefect")
             pid_file.write_text(str(server_like.pid))
             _remove_stale_pid_file(said.append)
             assert pid_file.exists() and len(said) == 2  # a live server's file is kept
