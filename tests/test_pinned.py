@@ -55,6 +55,19 @@ EXPERIMENT_IDENTITIES = {
         "checkpoints/demo-kjv-30080c6844",
         "eval/demo-kjv-546a3bc800",
     ],
+    "mixture": [
+        "raw/kjv-pydoc-9a44d79b3d",
+        "dedup/kjv-pydoc-dd011962ce",
+        "tokenizer/kjv-pydoc-391b5d1c78",
+        "raw/kjv-7e9e1f4e18",
+        "dedup/kjv-4049d04849",
+        "tokenized/kjv-d3144ac874",
+        "raw/pydoc-92a63e9a71",
+        "dedup/pydoc-a9b71525b2",
+        "tokenized/pydoc-c1fb0a2bdc",
+        "checkpoints/mixture-kjv-pydoc-05a4080be0",
+        "eval/mixture-kjv-pydoc-90e69fefc2",
+    ],
 }
 
 
