@@ -89,6 +89,10 @@ def prefect_server():
     log = open(Path(_HOME) / "server.log", "wb")
     proc = start_prefect_server(_PORT, log)
     yield API_URL
+    stop_prefect_server(proc, log)
+
+
+def stop_prefect_server(proc: subprocess.Popen, log) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)

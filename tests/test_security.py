@@ -9,12 +9,10 @@ user's would, and what it left is read back through the Prefect API and from the
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import secrets
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +21,8 @@ from uuid import UUID
 
 import pytest
 
-from tests.conftest import free_port, run_python, start_prefect_server
-from tests.test_download_hf import FILES, SHA, FakeHub
+from tests.conftest import free_port, run_python, start_prefect_server, stop_prefect_server
+from tests.test_download_hf import FILES, SHA, FakeHub, fake_hub  # noqa: F401, F811
 
 USER = "lmflows"
 
@@ -40,20 +38,7 @@ def auth_server(tmp_path_factory):
     env.pop("PREFECT_API_URL", None)
     proc = start_prefect_server(port, log, env)
     yield f"http://127.0.0.1:{port}/api", auth
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def fake_hub():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    stop_prefect_server(proc, log)
 
 
 def _status(url: str, auth: str | None = None) -> int:
@@ -179,7 +164,7 @@ def _prefect_records(api_url: str, auth: str, flow_run_id: UUID) -> list[tuple[s
     return found, task_runs, logs, artifacts
 
 
-def test_planted_secrets_appear_nowhere(auth_server, fake_hub, tmp_path):
+def test_planted_secrets_appear_nowhere(auth_server, fake_hub, tmp_path):  # noqa: F811
     """Fake credentials in the environment and in download_hf's `token=`: the run uses them
     (the hub sees the token) and no record the run leaves holds any of them."""
     api_url, auth = auth_server
