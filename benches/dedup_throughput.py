@@ -21,7 +21,7 @@ CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "kjv")
 
 def build_corpus(copies: int, root: str) -> int:
     """KJV chapters plus `copies - 1` lightly edited copies: realistic duplicate load."""
-    from tasks.data_io import iter_documents
+    from tasks.data.shards import iter_documents
 
     rng = random.Random(0)
     docs = list(iter_documents(CORPUS))
@@ -40,7 +40,7 @@ def build_corpus(copies: int, root: str) -> int:
 
 
 def io_floor(src: str, out: str) -> float:
-    from tasks.data_io import ShardWriter, iter_shard, list_shards
+    from tasks.data.shards import ShardWriter, iter_shard, list_shards
 
     started = time.perf_counter()
     for shard in list_shards(src):
@@ -54,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args()
-    from tasks.dedup import dedup
+    from tasks.data.dedup import dedup
 
     work = tempfile.mkdtemp(prefix="lmflows-bench-dedup-")
     src = os.path.join(work, "src")

@@ -22,9 +22,9 @@ def main() -> None:
     args = parser.parse_args()
     from tokenizers import Tokenizer
 
-    from tasks.data_io import iter_documents
-    from tasks.tokenization import tokenize
-    from tasks.train_tokenizer import train_tokenizer
+    from tasks.data.shards import iter_documents
+    from tasks.data.tokenize import tokenize
+    from tasks.data.train_tokenizer import train_tokenizer
 
     work = tempfile.mkdtemp(prefix="lmflows-bench-tok-")
     tok_dir = os.path.join(work, "tokenizer")

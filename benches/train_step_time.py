@@ -65,8 +65,8 @@ def run(steps: int) -> None:
     work = tempfile.mkdtemp(prefix="lmflows-bench-train-")
     os.environ["LMFLOWS_PREFIX"] = os.path.join(work, "prefix")
     os.environ.setdefault("WANDB_MODE", "disabled")
-    from tasks.tokenization import tokenize
-    from tasks.train_tokenizer import train_tokenizer
+    from tasks.data.tokenize import tokenize
+    from tasks.data.train_tokenizer import train_tokenizer
 
     tok = os.path.join(work, "tokenizer")
     cache = os.path.join(work, "cache")
@@ -76,7 +76,7 @@ def run(steps: int) -> None:
 
     import levanter.main.train_lm as levanter_train
 
-    from tasks.train import build_train_config, train_lm
+    from tasks.lm.train import build_train_config, train_lm
 
     direct_out = os.path.join(work, "direct")
     plan = build_train_config({"kjv": cache}, tok, direct_out, weights=None, **common)

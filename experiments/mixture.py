@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluate
 from tasks.core import flow
-from tasks.dedup import dedup
-from tasks.download import download_url
-from tasks.train_tokenizer import train_tokenizer
+from tasks.data.dedup import dedup
+from tasks.data.download import download_url
+from tasks.data.train_tokenizer import train_tokenizer
 
 PYDOC_URLS = [f"data/pydoc/pydoc-{i:02d}.jsonl.gz" for i in range(4)]
 # Sampling weights of the training mixture (levanter's `train_weights`, normalised by it).

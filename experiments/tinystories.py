@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from flows.pretrain import train_and_evaluate
 from tasks.core import flow
-from tasks.dedup import dedup
-from tasks.download import download_hf
-from tasks.formats import text_to_jsonl
-from tasks.tokenization import tokenize
-from tasks.train_tokenizer import train_tokenizer
+from tasks.data.dedup import dedup
+from tasks.data.download import download_hf
+from tasks.data.formats import text_to_jsonl
+from tasks.data.tokenize import tokenize
+from tasks.data.train_tokenizer import train_tokenizer
 
 TINYSTORIES = "roneneldan/TinyStories"
 REVISION = "main"

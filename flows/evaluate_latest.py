@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks.core import StepRef, flow, storage
 from tasks.core.identity import split_name_with_hash
-from tasks.evaluate import evaluate
+from tasks.lm.evaluate import evaluate
 
 
 class NothingToEvaluate(ValueError):

@@ -5,12 +5,12 @@ evaluate, as plain Python calls of steps. Experiments call `prepare_data` and
 from __future__ import annotations
 
 from tasks.core import StepRef, flow
-from tasks.dedup import dedup
-from tasks.download import download_url
-from tasks.evaluate import evaluate
-from tasks.tokenization import tokenize
-from tasks.train import train_lm
-from tasks.train_tokenizer import train_tokenizer
+from tasks.data.dedup import dedup
+from tasks.data.download import download_url
+from tasks.data.tokenize import tokenize
+from tasks.data.train_tokenizer import train_tokenizer
+from tasks.lm.evaluate import evaluate
+from tasks.lm.train import train_lm
 
 KJV_URLS = [f"data/kjv/kjv-{i:02d}.jsonl.gz" for i in range(4)]
 # The CPU-sized model of the demo and the sweep: a 2-layer, 64-wide Llama, 50 steps.

@@ -59,9 +59,10 @@ MUTANTS = [
     ),
     Mutant(
         "learning_rate made operational in train_lm",
-        "tasks/train.py",
-        'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every"],',
-        'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "learning_rate"],',
+        "tasks/lm/train.py",
+        'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],',
+        'operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator",'
+        ' "learning_rate"],',
         (
             "tests/test_cli_cache.py::test_lr_sweep_plans_one_training_per_learning_rate",
             "tests/test_declarations.py::test_operational_parameters_are_pinned",
@@ -70,7 +71,7 @@ MUTANTS = [
     ),
     Mutant(
         "bits_per_byte computed as the loss",
-        "tasks/evaluate.py",
+        "tasks/lm/evaluate.py",
         '"bits_per_byte": logged.get(f"{prefix}/bpb"),',
         '"bits_per_byte": loss,',
         ("tests/test_pipeline.py::test_pipeline_end_to_end_then_all_cached",),
@@ -308,7 +309,7 @@ MUTANTS = [
 # Extra replacements a mutant needs to be coherent (the same bug in a second place).
 EXTRA = {
     "learning_rate made operational in train_lm": [
-        ("tasks/train.py", 'OPTIM_ATTRS = [\n    "learning_rate",\n', "OPTIM_ATTRS = [\n")
+        ("tasks/lm/train.py", 'OPTIM_ATTRS = [\n    "learning_rate",\n', "OPTIM_ATTRS = [\n")
     ],
 }
 

@@ -1,46 +1,10 @@
-"""Format conversion steps: raw downloads into JSON-lines shards with a `text` field."""
+"""Moved to `tasks.data.formats`; this import path keeps working for existing experiments.
 
-from __future__ import annotations
+This path is the very module object of the new one (not a copy of its names), so private
+helpers and monkeypatching behave as before the move. A step's identity does not depend on
+its module (see tests/test_layout.py)."""
 
-import fnmatch
+import importlib
+import sys
 
-import fsspec
-
-from tasks.core import step
-from tasks.data_io import ShardWriter
-
-
-@step(hash_attrs=["source", "pattern", "separator", "docs_per_shard"], name="jsonl/{name}")
-def text_to_jsonl(
-    source: str,
-    name: str,
-    pattern: str = "*.txt",
-    separator: str = "<|endoftext|>",
-    docs_per_shard: int = 100_000,
-    *,
-    output_path: str,
-) -> dict:
-    """Split the text files under `source` matching `pattern` into documents at `separator`
-    (TinyStories' format) and write them as gzipped JSON-lines shards."""
-    fs, root = fsspec.core.url_to_fs(source)
-    protocol = source.split("://", 1)[0] + "://" if "://" in source else ""
-    files = sorted(p for p in fs.find(root) if fnmatch.fnmatch(p.rsplit("/", 1)[-1], pattern))
-    if not files:
-        raise FileNotFoundError(f"no files matching {pattern!r} under {source}")
-    shard, writer, total = 0, None, 0
-    for path in files:
-        with fsspec.open(f"{protocol}{path}" if protocol else path, "r", encoding="utf-8") as fh:
-            for piece in fh.read().split(separator):
-                text = piece.strip()
-                if not text:
-                    continue
-                if writer is None or writer.count >= docs_per_shard:
-                    if writer is not None:
-                        writer.close()
-                    writer = ShardWriter(f"{output_path}/shard-{shard:05d}.jsonl.gz")
-                    shard += 1
-                writer.write({"id": f"{name}-{total}", "text": text})
-                total += 1
-    if writer is not None:
-        writer.close()
-    return {"documents": total, "shards": shard}
+sys.modules[__name__] = importlib.import_module("tasks.data.formats")

@@ -1,97 +1,10 @@
-"""train_tokenizer: a byte-level BPE trained with `tokenizers`, saved as a HuggingFace
-tokenizer directory that `AutoTokenizer.from_pretrained(path)` loads."""
+"""Moved to `tasks.data.train_tokenizer`; this import path keeps working for existing experiments.
 
-from __future__ import annotations
+This path is the very module object of the new one (not a copy of its names), so private
+helpers and monkeypatching behave as before the move. A step's identity does not depend on
+its module (see tests/test_layout.py)."""
 
-import os
-import tempfile
-from collections.abc import Iterator
+import importlib
+import sys
 
-from tasks import checks
-from tasks.core import step
-from tasks.data_io import iter_documents
-
-BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-
-
-def _texts(corpus: str, max_documents: int | None) -> Iterator[str]:
-    for i, doc in enumerate(iter_documents(corpus)):
-        if max_documents is not None and i >= max_documents:
-            return
-        yield doc["text"]
-
-
-@step(
-    hash_attrs=["corpus", "vocab_size", "min_frequency", "max_documents", "model_max_length"],
-    name="tokenizer/{name}",
-    validate=checks.train_tokenizer,
-)
-def train_tokenizer(
-    corpus: str,
-    name: str = "bpe",
-    vocab_size: int = 8192,
-    min_frequency: int = 2,
-    max_documents: int | None = None,
-    model_max_length: int = 4096,
-    *,
-    output_path: str,
-) -> dict:
-    """Train on the `text` field of the JSON-lines shards under `corpus`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    if vocab_size < 300:
-        raise ValueError(
-            f"vocab_size={vocab_size}: a byte-level BPE needs at least 256 + special tokens"
-        )
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=[BOS, EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_texts(corpus, max_documents), trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        model_input_names=["input_ids", "attention_mask"],
-        model_max_length=model_max_length,
-    )
-    save_tokenizer(hf, output_path)
-    return {"vocab_size": len(hf), "bos": BOS, "eos": EOS, "pad": PAD}
-
-
-def save_tokenizer(hf_tokenizer, output_path: str) -> None:
-    """save_pretrained writes local files; copy them to any fsspec output."""
-    if "://" not in output_path:
-        hf_tokenizer.save_pretrained(output_path)
-        return
-    import fsspec
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_tokenizer.save_pretrained(tmp)
-        fs, root = fsspec.core.url_to_fs(output_path)
-        for name in os.listdir(tmp):
-            fs.put_file(os.path.join(tmp, name), f"{root}/{name}")
-
-
-def load_tokenizer(path_or_id: str):
-    """A tokenizer from a step output (any fsspec path) or a hub id."""
-    from transformers import AutoTokenizer
-
-    if "://" in path_or_id and not path_or_id.startswith("file://"):
-        import fsspec
-
-        local = tempfile.mkdtemp(prefix="lmflows-tokenizer-")
-        fs, root = fsspec.core.url_to_fs(path_or_id)
-        for remote in fs.ls(root, detail=False):
-            if not remote.rstrip("/").endswith(".lmflows"):
-                fs.get_file(remote, os.path.join(local, os.path.basename(remote)))
-        path_or_id = local
-    return AutoTokenizer.from_pretrained(path_or_id)
+sys.modules[__name__] = importlib.import_module("tasks.data.train_tokenizer")

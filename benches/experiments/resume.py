@@ -5,8 +5,8 @@ import os
 
 from flows.pretrain import prepare_data
 from tasks.core import flow
-from tasks.evaluate import evaluate
-from tasks.train import train_lm
+from tasks.lm.evaluate import evaluate
+from tasks.lm.train import train_lm
 
 STEPS = int(os.environ.get("LMFLOWS_BENCH_TRAIN_STEPS", "40"))
 

@@ -1,0 +1,60 @@
+"""Finding levanter checkpoints in a training output and choosing which ones levanter keeps."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import fsspec
+
+from tasks.lm.files import join_url
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def latest_checkpoint(checkpoints: str) -> tuple[str, int] | None:
+    """The newest complete levanter checkpoint under `checkpoints` (any fsspec URL) and its
+    step, or None. A step folder without `metadata.json` (levanter writes it last) is an
+    interrupted save and does not count."""
+    from levanter.checkpoint import discover_latest_checkpoint
+
+    fs, root = fsspec.core.url_to_fs(checkpoints)
+    if not fs.exists(root):
+        return None
+    found = discover_latest_checkpoint(checkpoints)
+    if found is None:
+        return None
+    with fsspec.open(join_url(found, "metadata.json"), "r") as handle:
+        return found, int(json.load(handle)["step"])
+
+
+def checkpoint_keep(checkpoint_every: int | None, num_train_steps: int) -> list[dict]:
+    """levanter's checkpoint `keep` intervals: every `checkpoint_every` steps (if set), and the
+    last step.
+
+    levanter's final forced hook run does not pass `force` to the checkpointer, so the last
+    checkpoint is written only if the last step index (n - 1) is a multiple of `every`.
+    CheckpointerConfig.__post_init__ reads every interval's "until" (None: the last one)."""
+    keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
+    keep.append({"every": max(1, num_train_steps - 1), "until": None})
+    return keep
+
+
+def final_checkpoint(model: str) -> str:
+    """The complete checkpoint (one with levanter's `metadata.json`, written last) of the
+    highest step under `model/checkpoints` (any fsspec URL)."""
+    root = f"{model.rstrip('/')}/checkpoints"
+    fs, path = fsspec.core.url_to_fs(root)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        entries = []
+    steps = []
+    for entry in entries:
+        match = _STEP_DIR.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
+        if match:
+            steps.append((int(match.group(1)), match.group(0)))
+    for _, folder in sorted(steps, reverse=True):
+        if fs.exists(f"{path.rstrip('/')}/{folder}/metadata.json"):
+            return f"{root}/{folder}"
+    raise FileNotFoundError(f"no complete levanter checkpoint under {root}")

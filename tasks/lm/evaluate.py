@@ -1,0 +1,177 @@
+"""evaluate: loss, perplexity and bits-per-byte of a trained model on validation caches,
+with levanter's own `eval_lm` (the same evaluator the trainer uses). The model, the caches and
+the output may be on any fsspec filesystem (gs:// in production)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from tasks.core import step
+from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.lm import accelerators
+from tasks.lm.checkpoints import final_checkpoint
+from tasks.lm.files import write_json
+from tasks.lm.model import llama_config, write_reference_config
+
+
+def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
+    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
+    return accelerators.ray_resources(accelerator)
+
+
+def _check(accelerator: Any = "cpu", **_: Any) -> None:
+    accelerators.check(accelerator)
+
+
+@step(
+    # batch_size is identity: levanter evaluates max_eval_batches batches of it.
+    hash_attrs=["model", "data", "tokenizer", "max_eval_batches", "batch_size"],
+    operational=["accelerator"],
+    name="eval/{name}",
+    validate=_check,
+    resources=_ray_options,
+)
+def evaluate(
+    model: str,
+    data: dict,
+    tokenizer: str,
+    name: str,
+    max_eval_batches: int | None = None,
+    batch_size: int = 32,
+    accelerator: str = "cpu",
+    *,
+    output_path: str,
+) -> dict:
+    """Evaluate the final checkpoint of a `train_lm` output on tokenized validation splits.
+
+    `data` maps dataset names to tokenize outputs; `tokenizer` is the one the model was
+    trained with. `batch_size` is a hash attribute: with `max_eval_batches` it decides how
+    many examples are scored. `accelerator` (what the call asks Ray for) is operational.
+    """
+    import jmp
+    import levanter.main.eval_lm as levanter_eval
+    from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
+    from levanter.distributed import RayConfig
+    from levanter.trainer import TrainerConfig
+
+    from tasks.lm.root_logging import restored_root_logging
+    from tasks.lm.tracker import JsonlTrackerConfig
+
+    tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
+    with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
+        trained = json.load(handle)
+    # levanter's logs and the metrics file are written locally, then the metrics are copied
+    # into the output (any fsspec URL). transformers cannot read a gs:// reference config,
+    # so the model's is rebuilt locally from its config rather than read from hf_reference/.
+    work = tempfile.mkdtemp(prefix="lmflows-eval-")
+    try:
+        reference = os.path.join(work, "hf_reference")
+        model_config = llama_config(**trained["model"], tokenizer=tokenizer, reference=reference)
+        write_reference_config(model_config, trained["vocab_size"], reference)
+        metrics_path = os.path.join(work, "metrics.jsonl")
+        config = levanter_eval.EvalLmConfig(
+            checkpoint_path=final_checkpoint(model),
+            model=model_config,
+            data=LMMixtureDatasetConfig(
+                tokenizer=tokenizer,
+                cache_dir=None,
+                configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
+                train_weights={key: 1.0 for key in data},
+            ),
+            trainer=TrainerConfig(
+                require_accelerator=False,
+                per_device_eval_parallelism=-1,
+                train_batch_size=batch_size,
+                max_eval_batches=max_eval_batches,
+                mp=jmp.get_policy("f32"),
+                ray=RayConfig(auto_start_cluster=False),
+                tracker=JsonlTrackerConfig(path=metrics_path),
+                id="eval",
+                log_dir=Path(work) / "logs",
+            ),
+        )
+        with restored_root_logging(), _printed_to_log():
+            levanter_eval.main(config)
+        logged: dict[str, Any] = {}
+        with open(metrics_path) as handle:
+            for line in handle:
+                if line.strip():
+                    logged.update(json.loads(line))
+        fs, root = fsspec.core.url_to_fs(output_path)
+        fs.makedirs(root, exist_ok=True)
+        fs.put_file(metrics_path, f"{root.rstrip('/')}/metrics.jsonl")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results = {"all": _summary(logged, "eval")}
+    for key in data:
+        results[key] = _summary(logged, f"eval/{key}")
+    write_json(f"{output_path.rstrip('/')}/results.json", results)
+    _publish(name, results)
+    return results
+
+
+def _summary(logged: dict, prefix: str) -> dict:
+    loss = logged.get(f"{prefix}/loss")
+    if loss is None:
+        return {}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": logged.get(f"{prefix}/bpb"),
+    }
+
+
+def _publish(name: str, results: dict) -> None:
+    """The results as a keyed table artifact (`eval-<name>`) and a line in the run log."""
+    from tasks.core import artifacts
+
+    rows = [{"dataset": k, **v} for k, v in results.items()]
+    for row in rows:
+        if row.get("loss") is not None:
+            _run_log(
+                f"{name}: {row['dataset']}: loss {row['loss']:.4f}, perplexity "
+                f"{row['perplexity']:.2f}, bits/byte {row.get('bits_per_byte') or float('nan'):.4f}"
+            )
+    where = artifacts.output_url() or ""
+    artifacts.publish_table(
+        artifacts.key("eval", name), rows, f"evaluation of {name} (whole splits) {where}"
+    )
+
+
+def _printed_to_log():
+    """levanter's eval_lm `print`s its loss: into levanter's log, not the user's terminal
+    (unless LMFLOWS_LEVANTER_CONSOLE). While levanter runs, this process's other prints go
+    there too (one levanter run at a time; the results are logged by `_publish`)."""
+    import contextlib
+    import io
+    import logging
+
+    from tasks.lm.root_logging import CONSOLE_ENV
+
+    if os.environ.get(CONSOLE_ENV, "").strip() not in ("", "0"):
+        return contextlib.nullcontext()
+
+    class ToLog(io.TextIOBase):
+        def write(self, text: str) -> int:
+            if text.strip():
+                logging.getLogger("levanter.stdout").info(text.rstrip())
+            return len(text)
+
+    return contextlib.redirect_stdout(ToLog())
+
+
+def _run_log(line: str) -> None:
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().info(line)
+    except Exception:  # outside a run
+        pass

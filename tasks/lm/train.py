@@ -1,0 +1,403 @@
+"""train_lm: levanter's `train_lm` on a Llama built from plain arguments.
+
+Everything that defines the trained model is a hash attribute (architecture, optimizer,
+batch size, steps, seed, the data mixture and the tokenizer); checkpoint intervals, logging
+and the accelerator are operational. No network: the tracker writes JSON lines, the tokenizer
+is a step output, and the HF export's reference config is a local folder.
+
+The output may be on any fsspec filesystem (gs:// in production): checkpoints and the HF
+export are written by levanter (tensorstore and fsspec), the small files through fsspec, and
+levanter's logs go to a local temporary folder that is not part of the output. The step is
+resumable: a new attempt finds the newest complete checkpoint under `checkpoints/`, levanter
+resumes from it, and `metrics.jsonl` keeps the earlier attempts' rows (each row names its
+`attempt`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from tasks.core import step
+from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.core.provenance import note
+from tasks.lm import accelerators, checks
+from tasks.lm.checkpoints import checkpoint_keep, latest_checkpoint
+from tasks.lm.files import join_url, put_folder, write_json
+from tasks.lm.model import MODEL_ATTRS, llama_config, write_reference_config
+
+logger = logging.getLogger("lmflows.train")
+
+OPTIM_ATTRS = [
+    "learning_rate",
+    "weight_decay",
+    "warmup",
+    "min_lr_ratio",
+    "lr_schedule",
+    "beta1",
+    "beta2",
+    "max_grad_norm",
+]
+
+
+def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
+    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
+    return accelerators.ray_resources(accelerator)
+
+
+def _waitable_checkpointer_config():
+    """A CheckpointerConfig that remembers the checkpointers it creates, so the step can wait
+    for levanter's asynchronous final save before it commits (train_lm's main does not)."""
+    import dataclasses
+
+    from levanter.checkpoint import CheckpointerConfig
+
+    @dataclasses.dataclass
+    class WaitableCheckpointerConfig(CheckpointerConfig):
+        created: list = dataclasses.field(default_factory=list)
+
+        def create(self, run_id):
+            checkpointer = super().create(run_id)
+            self.created.append(checkpointer)
+            return checkpointer
+
+        def wait_until_finished(self) -> None:
+            for checkpointer in self.created:
+                checkpointer.wait_until_finished()
+
+    return WaitableCheckpointerConfig
+
+
+def _progress_reporter(name: str, total_steps: int, tokens_per_step: int):
+    """What a user watching a long run sees: a keyed Prefect progress artifact, and a line in
+    the task run's log about every tenth of the run (at most every 30 s, at least every
+    5 min) with step, loss, tokens/s and ETA. No-op outside a task run."""
+    import time
+
+    from tasks.core import artifacts
+
+    if not artifacts.in_task_run():
+        return None
+    try:
+        from prefect import get_run_logger
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        run_logger = get_run_logger()
+        artifact_id = create_progress_artifact(
+            progress=0.0,
+            key=artifacts.key("progress", name),
+            description=f"training progress of {name}",
+        )
+    except Exception as exc:  # the UI is a convenience; never fail training over it
+        logger.warning("no progress artifact: %s", exc)
+        return None
+    every_steps = max(1, total_steps // 10)
+    last = {"pct": -1.0, "logged_at": 0.0, "logged_step": None, "started": time.monotonic()}
+
+    def report(step: int, metrics: Any) -> None:
+        now = time.monotonic()
+        pct = round(100.0 * min(step + 1, total_steps) / total_steps, 1)
+        if pct - last["pct"] >= 5 or pct >= 100:
+            last["pct"] = pct
+            try:
+                update_progress_artifact(artifact_id=artifact_id, progress=pct)
+            except Exception as exc:
+                logger.warning("progress artifact update failed: %s", exc)
+        loss = metrics.get("train/loss") if hasattr(metrics, "get") else None
+        if loss is None:
+            return
+        since = now - last["logged_at"]
+        due = (step % every_steps == 0 and since >= 30) or since >= 300 or step + 1 >= total_steps
+        if last["logged_step"] is None:
+            due = True  # the first step: the compile is done, say so
+        if not due or step == last["logged_step"]:  # levanter logs the last step twice
+            return
+        if last["logged_step"] is not None and step > last["logged_step"]:
+            rate = (step - last["logged_step"]) / max(since, 1e-9)
+        else:
+            rate = 0.0
+        eta = (total_steps - step - 1) / rate if rate else None
+        run_logger.info(
+            "%s: step %d/%d loss %.4f%s%s",
+            name,
+            step + 1,
+            total_steps,
+            float(loss),
+            f", {rate * tokens_per_step:,.0f} tokens/s" if rate else "",
+            f", ETA {eta:.0f} s" if eta is not None else "",
+        )
+        last["logged_at"], last["logged_step"] = now, step
+
+    return report
+
+
+@step(
+    hash_attrs=[
+        "data",
+        "weights",
+        "tokenizer",
+        *MODEL_ATTRS,
+        *OPTIM_ATTRS,
+        "batch_size",
+        "num_train_steps",
+        "seed",
+        "mixed_precision",
+    ],
+    # Evaluation cadence, checkpoint frequency and the hardware change what is logged and
+    # kept along the way and where it runs, not the trained model.
+    operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],
+    name="checkpoints/{name}",
+    validate=checks.train_lm,
+    resources=_ray_options,
+    resumable=True,
+)
+def train_lm(
+    data: dict,
+    tokenizer: str,
+    name: str,
+    weights: dict | None = None,
+    hidden_dim: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 4,
+    intermediate_dim: int = 256,
+    seq_len: int = 128,
+    learning_rate: float = 3e-3,
+    weight_decay: float = 0.1,
+    warmup: float = 0.1,
+    min_lr_ratio: float = 0.1,
+    lr_schedule: str = "cosine",
+    beta1: float = 0.9,
+    beta2: float = 0.95,
+    max_grad_norm: float = 1.0,
+    batch_size: int = 32,
+    num_train_steps: int = 50,
+    seed: int = 0,
+    mixed_precision: str = "f32",
+    steps_per_eval: int = 25,
+    max_eval_batches: int | None = None,
+    checkpoint_every: int | None = None,
+    accelerator: str = "cpu",
+    *,
+    output_path: str,
+) -> dict:
+    """Train a Llama with levanter on tokenized caches.
+
+    `data` maps a dataset name to a tokenize step output; `weights` its mixture weight
+    (default: equal). `max_eval_batches=None` scores the whole validation split during
+    training (what `evaluate` scores); a number scores that many batches and every figure of
+    it is labelled a subset. `steps_per_eval`, `max_eval_batches`, `checkpoint_every` and
+    `accelerator` (what the call asks Ray for, `tasks.lm.accelerators`) are operational.
+    An attempt after an interrupted one resumes from its newest complete checkpoint.
+    """
+    import levanter.main.train_lm as levanter_train
+
+    from tasks.lm.report import publish_training_report
+    from tasks.lm.root_logging import restored_root_logging
+    from tasks.lm.tracker import finish_all
+
+    tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
+    attempt = uuid.uuid4().hex[:8]
+    resumed = latest_checkpoint(join_url(output_path, "checkpoints"))
+    note(resumed_from_step=resumed[1] if resumed else None)
+    if resumed:
+        logger.info("attempt %s resumes from %s (step %d)", attempt, resumed[0], resumed[1])
+    work = tempfile.mkdtemp(prefix="lmflows-train-")
+    try:
+        plan = build_train_config(
+            data,
+            tokenizer,
+            output_path,
+            weights=weights,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            intermediate_dim=intermediate_dim,
+            seq_len=seq_len,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            min_lr_ratio=min_lr_ratio,
+            lr_schedule=lr_schedule,
+            beta1=beta1,
+            beta2=beta2,
+            max_grad_norm=max_grad_norm,
+            batch_size=batch_size,
+            num_train_steps=num_train_steps,
+            seed=seed,
+            mixed_precision=mixed_precision,
+            steps_per_eval=steps_per_eval,
+            max_eval_batches=max_eval_batches,
+            checkpoint_every=checkpoint_every,
+            on_step=_progress_reporter(name, num_train_steps, batch_size * seq_len),
+            attempt=attempt,
+            work_dir=work,
+        )
+        try:
+            with restored_root_logging():
+                levanter_train.main(plan.config)
+                plan.checkpointer.wait_until_finished()  # levanter saves the last one async
+        finally:
+            finish_all(plan.metrics_path)  # a failed run still leaves its metrics so far
+        final = publish_training_report(
+            plan.metrics_path,
+            output_path,
+            name,
+            eval_subset=max_eval_batches * batch_size if max_eval_batches else None,
+        )
+        write_json(
+            join_url(output_path, "train_config.json"),
+            {
+                "model": {k: getattr(plan.config.model, k) for k in MODEL_ATTRS},
+                "vocab_size": plan.vocab_size,
+                "data": sorted(data),
+                "weights": plan.weights,
+            },
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "final": final,
+        "hf_export": "hf",
+        "checkpoints": "checkpoints",
+        "vocab_size": plan.vocab_size,
+        "num_train_steps": num_train_steps,
+    }
+
+
+@dataclasses.dataclass
+class TrainPlan:
+    config: Any
+    checkpointer: Any
+    metrics_path: str
+    vocab_size: int
+    weights: dict
+
+
+def build_train_config(
+    data: dict,
+    tokenizer: str,
+    output_path: str,
+    *,
+    weights: dict | None,
+    hidden_dim: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_dim: int,
+    seq_len: int,
+    learning_rate: float,
+    weight_decay: float,
+    warmup: float,
+    min_lr_ratio: float,
+    lr_schedule: str,
+    beta1: float,
+    beta2: float,
+    max_grad_norm: float,
+    batch_size: int,
+    num_train_steps: int,
+    seed: int,
+    mixed_precision: str,
+    steps_per_eval: int,
+    max_eval_batches: int | None,
+    checkpoint_every: int | None,
+    on_step: Any = None,
+    attempt: str | None = None,
+    work_dir: str | None = None,
+) -> TrainPlan:
+    """levanter's TrainLmConfig from plain arguments (shared by the step and the benchmark
+    that runs levanter directly, so both train the same thing).
+
+    `output_path` may be any fsspec URL. `work_dir` is a local folder for what is not part
+    of the output (levanter's logs, the HF reference config transformers reads); default: a
+    new temporary folder. `attempt` tags every metrics row."""
+    import jmp
+    import levanter.main.train_lm as levanter_train
+    from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
+    from levanter.distributed import RayConfig
+    from levanter.optim import AdamConfig
+    from levanter.trainer import TrainerConfig
+
+    from tasks.data.tokenizer_files import load_tokenizer
+    from tasks.lm.tracker import JsonlTrackerConfig, register_on_step
+
+    if not data:
+        raise ValueError("train_lm needs at least one tokenized dataset in `data`")
+    weights = weights or {key: 1.0 for key in data}
+    unknown = set(weights) - set(data)
+    if unknown:
+        raise ValueError(f"weights name datasets not in data: {sorted(unknown)}")
+    work_dir = work_dir or tempfile.mkdtemp(prefix="lmflows-train-")
+    fs, root = fsspec.core.url_to_fs(output_path)
+    fs.makedirs(root, exist_ok=True)
+    vocab_size = len(load_tokenizer(tokenizer))
+    # transformers reads `reference_checkpoint` and cannot read gs://: a local copy is the
+    # one levanter uses; the output keeps one too (hf_reference/), as a record.
+    reference = os.path.join(work_dir, "hf_reference")
+    model = llama_config(
+        hidden_dim,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        intermediate_dim,
+        seq_len,
+        tokenizer,
+        reference,
+    )
+    write_reference_config(model, vocab_size, reference)
+    put_folder(reference, join_url(output_path, "hf_reference"))
+    metrics_path = join_url(output_path, "metrics.jsonl")
+    register_on_step(metrics_path, on_step)
+    mixture = LMMixtureDatasetConfig(
+        tokenizer=tokenizer,
+        cache_dir=None,
+        configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
+        train_weights={key: float(w) for key, w in weights.items()},
+    )
+    checkpointer = _waitable_checkpointer_config()(
+        base_path=join_url(output_path, "checkpoints"),
+        append_run_id_to_base_path=False,
+        keep=checkpoint_keep(checkpoint_every, num_train_steps),
+    )
+    trainer = TrainerConfig(
+        num_train_steps=num_train_steps,
+        train_batch_size=batch_size,
+        seed=seed,
+        mp=jmp.get_policy(mixed_precision),
+        require_accelerator=False,
+        steps_per_eval=steps_per_eval,
+        max_eval_batches=max_eval_batches,
+        tracker=JsonlTrackerConfig(path=metrics_path, attempt=attempt),
+        ray=RayConfig(auto_start_cluster=False),
+        log_dir=Path(work_dir) / "logs",  # local, not part of the output
+        id="run",
+        checkpointer=checkpointer,
+    )
+    optimizer = AdamConfig(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        min_lr_ratio=min_lr_ratio,
+        lr_schedule=lr_schedule,
+        beta1=beta1,
+        beta2=beta2,
+        max_grad_norm=max_grad_norm,
+    )
+    config = levanter_train.TrainLmConfig(
+        data=mixture,
+        trainer=trainer,
+        model=model,
+        optimizer=optimizer,
+        hf_save_path=join_url(output_path, "hf"),
+        hf_save_steps=num_train_steps,
+    )
+    return TrainPlan(config, checkpointer, metrics_path, vocab_size, weights)
