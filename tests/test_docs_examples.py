@@ -1,5 +1,6 @@
-"""The worked examples of docs/experiments.md run as written: the `length_filter` step filters
-a real shard, and the `kjv-long` experiment plans, sharing the demo's upstream identities."""
+"""The worked examples of the guides run as written: docs/experiments.md's `length_filter` step
+filters a real shard and its `kjv-long` experiment plans on the demo's upstream identities;
+docs/migrating-from-marin.md's port and sweep plan, sharing every upstream step."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "experiments.md"
 
 
-def _python_blocks() -> dict[str, str]:
-    """Each ```python block of the guide that names its file on its first line (`# x/y.py`);
+def _python_blocks(doc: Path = DOC) -> dict[str, str]:
+    """Each ```python block of a guide that names its file on its first line (`# x/y.py`);
     the other blocks are fragments."""
     blocks = {}
-    for block in re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S):
+    for block in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S):
         named = re.fullmatch(r"# ([\w/]+\.py)", block.splitlines()[0])
         if named:
             blocks[named.group(1)] = block
@@ -83,4 +84,34 @@ def test_the_experiment_example_plans_and_shares_the_demos_data_steps(doc_module
         "tokenized/kjv-long",
         "checkpoints/kjv-long",
         "eval/kjv-long",
+    ]
+
+
+def test_the_marin_port_and_its_sweep_plan_on_shared_upstream_steps(monkeypatch):
+    from tasks.core import planning
+    from tests.test_pinned import EXPERIMENT_IDENTITIES
+
+    guide = REPO / "docs" / "migrating-from-marin.md"
+    port_source = _python_blocks(guide)["experiments/kjv_port.py"]
+    sweep_source = next(
+        block
+        for block in re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+        if block.startswith('@flow(name="kjv-port-sweep")')
+    )
+    monkeypatch.delitem(sys.modules, "experiments.kjv_port", raising=False)
+    port = _module_from(port_source, "experiments.kjv_port")
+    monkeypatch.delitem(sys.modules, "experiments.kjv_port", raising=False)
+    exec(compile(sweep_source, "<kjv_port_sweep>", "exec"), port.__dict__)  # the same imports
+
+    with planning.planning() as plan:
+        port.kjv_port.fn()
+    assert list(plan.steps)[:4] == EXPERIMENT_IDENTITIES["demo"][:4]  # the demo's data steps
+    with planning.planning() as sweep:
+        port.kjv_port_sweep.fn(learning_rates=(1e-3, 3e-3, 1e-2))
+    names = [key.rsplit("-", 1)[0] for key in sweep.steps]
+    assert list(sweep.steps)[:4] == EXPERIMENT_IDENTITIES["demo"][:4]  # planned once each
+    assert names[4:] == [
+        f"{kind}/kjv-nano-lr{lr}"
+        for lr in ("0.001", "0.003", "0.01")
+        for kind in ("checkpoints", "eval")
     ]
