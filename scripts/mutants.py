@@ -304,6 +304,38 @@ MUTANTS = [
         "            options = {}",
         ("tests/test_ray.py::test_a_step_asking_for_a_tpu_runs_in_a_worker_holding_it",),
     ),
+    # the Marin-parity issue (#10)
+    Mutant(
+        "tokenize writes a batch's rows to every split",
+        "tasks/data/tokenize.py",
+        "            rows = [row for row, where in zip(encoded, splits) if where == split]",
+        "            rows = list(encoded)",
+        ("tests/test_tokenize_cache.py::test_the_step_writes_levanters_cache_byte_for_byte",),
+    ),
+    Mutant(
+        "the direct tokenizer path ignores truncation turned on since",
+        "tasks/data/batch_tokenizer.py",
+        "backend.truncation is not None or backend.padding is not None:",
+        "False:",
+        ("tests/test_tokenize_cache.py::test_a_tokenizer_that_truncates_goes_through_levanter",),
+    ),
+    Mutant(
+        "a shard read error ends the stream quietly",
+        "tasks/data/tokenize.py",
+        '            offer(("error", error))',
+        '            offer(("end", None))',
+        (
+            "tests/test_tokenize_cache.py::"
+            "test_a_truncated_shard_fails_the_step_and_leaves_no_reader_behind",
+        ),
+    ),
+    Mutant(
+        "evaluate imports the training step again",
+        "tasks/lm/evaluate.py",
+        "from tasks.lm.model import llama_config, write_reference_config",
+        "from tasks.lm.train import llama_config, write_reference_config",
+        ("tests/test_layout.py::test_readers_do_not_import_the_steps_that_write_what_they_read",),
+    ),
 ]
 
 # Extra replacements a mutant needs to be coherent (the same bug in a second place).
