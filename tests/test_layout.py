@@ -123,3 +123,13 @@ def test_an_identity_does_not_depend_on_the_module_defining_the_step():
     moved = elsewhere.train_lm.ref_for(**arguments)
     assert moved.name_with_hash == train_lm.ref_for(**arguments).name_with_hash
     assert moved.name_with_hash == "checkpoints/demo-kjv-30080c6844"
+
+
+def test_relative_data_urls_still_name_the_checked_in_files():
+    """download_url resolves `data/...` against the checkout; the move put the module one
+    folder deeper (found when every experiment's download failed after the move)."""
+    from tasks.data.download import resolve_source
+
+    for url in ("data/kjv/kjv-00.jsonl.gz", "data/pydoc/pydoc-00.jsonl.gz"):
+        assert Path(resolve_source(url)) == REPO / url
+        assert Path(resolve_source(url)).is_file()

@@ -21,7 +21,7 @@ from tasks.data import checks
 
 logger = logging.getLogger("lmflows.download")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # tasks/data/download.py -> the repository
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 CHUNK = 1 << 20
 
