@@ -58,3 +58,26 @@ def final_checkpoint(model: str) -> str:
         if fs.exists(f"{path.rstrip('/')}/{folder}/metadata.json"):
             return f"{root}/{folder}"
     raise FileNotFoundError(f"no complete levanter checkpoint under {root}")
+
+
+def waitable_checkpointer_config():
+    """A CheckpointerConfig that remembers the checkpointers it creates, so the step can wait
+    for levanter's asynchronous final save before it commits (train_lm's main does not)."""
+    import dataclasses
+
+    from levanter.checkpoint import CheckpointerConfig
+
+    @dataclasses.dataclass
+    class WaitableCheckpointerConfig(CheckpointerConfig):
+        created: list = dataclasses.field(default_factory=list)
+
+        def create(self, run_id):
+            checkpointer = super().create(run_id)
+            self.created.append(checkpointer)
+            return checkpointer
+
+        def wait_until_finished(self) -> None:
+            for checkpointer in self.created:
+                checkpointer.wait_until_finished()
+
+    return WaitableCheckpointerConfig

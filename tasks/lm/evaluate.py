@@ -62,7 +62,7 @@ def evaluate(
     from levanter.distributed import RayConfig
     from levanter.trainer import TrainerConfig
 
-    from tasks.lm.root_logging import restored_root_logging
+    from tasks.lm.root_logging import printed_to_log, restored_root_logging
     from tasks.lm.tracker import JsonlTrackerConfig
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
@@ -98,7 +98,7 @@ def evaluate(
                 log_dir=Path(work) / "logs",
             ),
         )
-        with restored_root_logging(), _printed_to_log():
+        with restored_root_logging(), printed_to_log():
             levanter_eval.main(config)
         logged: dict[str, Any] = {}
         with open(metrics_path) as handle:
@@ -144,28 +144,6 @@ def _publish(name: str, results: dict) -> None:
     artifacts.publish_table(
         artifacts.key("eval", name), rows, f"evaluation of {name} (whole splits) {where}"
     )
-
-
-def _printed_to_log():
-    """levanter's eval_lm `print`s its loss: into levanter's log, not the user's terminal
-    (unless LMFLOWS_LEVANTER_CONSOLE). While levanter runs, this process's other prints go
-    there too (one levanter run at a time; the results are logged by `_publish`)."""
-    import contextlib
-    import io
-    import logging
-
-    from tasks.lm.root_logging import CONSOLE_ENV
-
-    if os.environ.get(CONSOLE_ENV, "").strip() not in ("", "0"):
-        return contextlib.nullcontext()
-
-    class ToLog(io.TextIOBase):
-        def write(self, text: str) -> int:
-            if text.strip():
-                logging.getLogger("levanter.stdout").info(text.rstrip())
-            return len(text)
-
-    return contextlib.redirect_stdout(ToLog())
 
 
 def _run_log(line: str) -> None:

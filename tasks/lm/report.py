@@ -115,3 +115,66 @@ def publish_training_report(
         f"final training metrics of {name} ({where})",
     )
     return final
+
+
+def progress_reporter(name: str, total_steps: int, tokens_per_step: int):
+    """What a user watching a long run sees: a keyed Prefect progress artifact, and a line in
+    the task run's log about every tenth of the run (at most every 30 s, at least every
+    5 min) with step, loss, tokens/s and ETA. No-op outside a task run."""
+    import time
+
+    from tasks.core import artifacts
+
+    if not artifacts.in_task_run():
+        return None
+    try:
+        from prefect import get_run_logger
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        run_logger = get_run_logger()
+        artifact_id = create_progress_artifact(
+            progress=0.0,
+            key=artifacts.key("progress", name),
+            description=f"training progress of {name}",
+        )
+    except Exception as exc:  # the UI is a convenience; never fail training over it
+        logger.warning("no progress artifact: %s", exc)
+        return None
+    every_steps = max(1, total_steps // 10)
+    last = {"pct": -1.0, "logged_at": 0.0, "logged_step": None, "started": time.monotonic()}
+
+    def report(step: int, metrics: Any) -> None:
+        now = time.monotonic()
+        pct = round(100.0 * min(step + 1, total_steps) / total_steps, 1)
+        if pct - last["pct"] >= 5 or pct >= 100:
+            last["pct"] = pct
+            try:
+                update_progress_artifact(artifact_id=artifact_id, progress=pct)
+            except Exception as exc:
+                logger.warning("progress artifact update failed: %s", exc)
+        loss = metrics.get("train/loss") if hasattr(metrics, "get") else None
+        if loss is None:
+            return
+        since = now - last["logged_at"]
+        due = (step % every_steps == 0 and since >= 30) or since >= 300 or step + 1 >= total_steps
+        if last["logged_step"] is None:
+            due = True  # the first step: the compile is done, say so
+        if not due or step == last["logged_step"]:  # levanter logs the last step twice
+            return
+        if last["logged_step"] is not None and step > last["logged_step"]:
+            rate = (step - last["logged_step"]) / max(since, 1e-9)
+        else:
+            rate = 0.0
+        eta = (total_steps - step - 1) / rate if rate else None
+        run_logger.info(
+            "%s: step %d/%d loss %.4f%s%s",
+            name,
+            step + 1,
+            total_steps,
+            float(loss),
+            f", {rate * tokens_per_step:,.0f} tokens/s" if rate else "",
+            f", ETA {eta:.0f} s" if eta is not None else "",
+        )
+        last["logged_at"], last["logged_step"] = now, step
+
+    return report

@@ -90,3 +90,23 @@ def _quiet_levanter_console(original_handlers: list[logging.Handler]):
         levanter_logging.init_logging = init_logging
 
     return undo
+
+
+def printed_to_log():
+    """levanter's eval_lm `print`s its loss: into levanter's log, not the user's terminal
+    (unless LMFLOWS_LEVANTER_CONSOLE). While levanter runs, this process's other prints go
+    there too (one levanter run at a time; the caller logs the results itself)."""
+    import contextlib
+    import io
+    import logging
+
+    if os.environ.get(CONSOLE_ENV, "").strip() not in ("", "0"):
+        return contextlib.nullcontext()
+
+    class ToLog(io.TextIOBase):
+        def write(self, text: str) -> int:
+            if text.strip():
+                logging.getLogger("levanter.stdout").info(text.rstrip())
+            return len(text)
+
+    return contextlib.redirect_stdout(ToLog())

@@ -30,7 +30,11 @@ from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.core.provenance import note
 from tasks.lm import accelerators, checks
-from tasks.lm.checkpoints import checkpoint_keep, latest_checkpoint
+from tasks.lm.checkpoints import (
+    checkpoint_keep,
+    latest_checkpoint,
+    waitable_checkpointer_config,
+)
 from tasks.lm.files import join_url, put_folder, write_json
 from tasks.lm.model import MODEL_ATTRS, llama_config, write_reference_config
 
@@ -51,92 +55,6 @@ OPTIM_ATTRS = [
 def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
     return accelerators.ray_resources(accelerator)
-
-
-def _waitable_checkpointer_config():
-    """A CheckpointerConfig that remembers the checkpointers it creates, so the step can wait
-    for levanter's asynchronous final save before it commits (train_lm's main does not)."""
-    import dataclasses
-
-    from levanter.checkpoint import CheckpointerConfig
-
-    @dataclasses.dataclass
-    class WaitableCheckpointerConfig(CheckpointerConfig):
-        created: list = dataclasses.field(default_factory=list)
-
-        def create(self, run_id):
-            checkpointer = super().create(run_id)
-            self.created.append(checkpointer)
-            return checkpointer
-
-        def wait_until_finished(self) -> None:
-            for checkpointer in self.created:
-                checkpointer.wait_until_finished()
-
-    return WaitableCheckpointerConfig
-
-
-def _progress_reporter(name: str, total_steps: int, tokens_per_step: int):
-    """What a user watching a long run sees: a keyed Prefect progress artifact, and a line in
-    the task run's log about every tenth of the run (at most every 30 s, at least every
-    5 min) with step, loss, tokens/s and ETA. No-op outside a task run."""
-    import time
-
-    from tasks.core import artifacts
-
-    if not artifacts.in_task_run():
-        return None
-    try:
-        from prefect import get_run_logger
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-        run_logger = get_run_logger()
-        artifact_id = create_progress_artifact(
-            progress=0.0,
-            key=artifacts.key("progress", name),
-            description=f"training progress of {name}",
-        )
-    except Exception as exc:  # the UI is a convenience; never fail training over it
-        logger.warning("no progress artifact: %s", exc)
-        return None
-    every_steps = max(1, total_steps // 10)
-    last = {"pct": -1.0, "logged_at": 0.0, "logged_step": None, "started": time.monotonic()}
-
-    def report(step: int, metrics: Any) -> None:
-        now = time.monotonic()
-        pct = round(100.0 * min(step + 1, total_steps) / total_steps, 1)
-        if pct - last["pct"] >= 5 or pct >= 100:
-            last["pct"] = pct
-            try:
-                update_progress_artifact(artifact_id=artifact_id, progress=pct)
-            except Exception as exc:
-                logger.warning("progress artifact update failed: %s", exc)
-        loss = metrics.get("train/loss") if hasattr(metrics, "get") else None
-        if loss is None:
-            return
-        since = now - last["logged_at"]
-        due = (step % every_steps == 0 and since >= 30) or since >= 300 or step + 1 >= total_steps
-        if last["logged_step"] is None:
-            due = True  # the first step: the compile is done, say so
-        if not due or step == last["logged_step"]:  # levanter logs the last step twice
-            return
-        if last["logged_step"] is not None and step > last["logged_step"]:
-            rate = (step - last["logged_step"]) / max(since, 1e-9)
-        else:
-            rate = 0.0
-        eta = (total_steps - step - 1) / rate if rate else None
-        run_logger.info(
-            "%s: step %d/%d loss %.4f%s%s",
-            name,
-            step + 1,
-            total_steps,
-            float(loss),
-            f", {rate * tokens_per_step:,.0f} tokens/s" if rate else "",
-            f", ETA {eta:.0f} s" if eta is not None else "",
-        )
-        last["logged_at"], last["logged_step"] = now, step
-
-    return report
 
 
 @step(
@@ -200,7 +118,7 @@ def train_lm(
     """
     import levanter.main.train_lm as levanter_train
 
-    from tasks.lm.report import publish_training_report
+    from tasks.lm.report import progress_reporter, publish_training_report
     from tasks.lm.root_logging import restored_root_logging
     from tasks.lm.tracker import finish_all
 
@@ -238,7 +156,7 @@ def train_lm(
             steps_per_eval=steps_per_eval,
             max_eval_batches=max_eval_batches,
             checkpoint_every=checkpoint_every,
-            on_step=_progress_reporter(name, num_train_steps, batch_size * seq_len),
+            on_step=progress_reporter(name, num_train_steps, batch_size * seq_len),
             attempt=attempt,
             work_dir=work,
         )
@@ -363,7 +281,7 @@ def build_train_config(
         configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
         train_weights={key: float(w) for key, w in weights.items()},
     )
-    checkpointer = _waitable_checkpointer_config()(
+    checkpointer = waitable_checkpointer_config()(
         base_path=join_url(output_path, "checkpoints"),
         append_run_id_to_base_path=False,
         keep=checkpoint_keep(checkpoint_every, num_train_steps),

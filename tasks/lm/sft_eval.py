@@ -1,0 +1,195 @@
+"""chat_eval: a model's loss on held-out chat conversations, on the assistant's tokens only.
+
+The same step scores a pretrained `train_lm` output and its `sft` fine-tune (both leave a
+levanter checkpoint and a `train_config.json`), with the same template, files and sequence
+length, so the two figures are about exactly the same tokens and the fine-tuning's effect is
+their difference. Scoring is levanter's `eval_lm` on its chat format (the loss mask is the
+template's `{% generation %}` part), not a hand-written loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from tasks.core import StepRef, step
+from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.lm import accelerators
+from tasks.lm.checkpoints import final_checkpoint
+from tasks.lm.files import write_json
+from tasks.lm.model import llama_config, write_reference_config
+from tasks.lm.sft import (
+    DEFAULT_CHAT_TEMPLATE,
+    VALIDATION_FILES,
+    base_model_config,
+    build_chat_cache,
+    chat_data_config,
+    chat_files,
+    check_chat_template,
+    templated_tokenizer,
+)
+
+
+def _check(
+    model: Any,
+    chat_data: Any,
+    chat_template: Any,
+    validation_files: Any,
+    seq_len: Any,
+    batch_size: Any,
+    max_eval_batches: Any = None,
+    accelerator: Any = "cpu",
+    **_: Any,
+) -> None:
+    accelerators.check(accelerator)
+    for key, value in (("model", model), ("chat_data", chat_data)):
+        if not isinstance(value, (str, StepRef)) or not value:
+            raise ValueError(f"{key}={value!r} must be a step output (StepRef) or a path")
+    if not isinstance(validation_files, str) or not validation_files or "/" in validation_files:
+        raise ValueError(f"validation_files={validation_files!r} must be a file-name pattern")
+    for key, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key}={value!r} must be a positive integer")
+    if max_eval_batches is not None and (
+        not isinstance(max_eval_batches, int) or max_eval_batches < 1
+    ):
+        raise ValueError(f"max_eval_batches={max_eval_batches!r} must be a positive integer")
+    check_chat_template(chat_template)
+    base = base_model_config(model)
+    if base is not None and seq_len > base["model"]["seq_len"]:
+        raise ValueError(
+            f"seq_len={seq_len} is longer than the model's seq_len={base['model']['seq_len']}"
+        )
+
+
+def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
+    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
+    return accelerators.ray_resources(accelerator)
+
+
+@step(
+    # batch_size is identity for the same reason as in `evaluate`: with max_eval_batches it
+    # decides which conversations are scored. seq_len decides how they are packed and cut.
+    hash_attrs=[
+        "model",
+        "chat_data",
+        "tokenizer",
+        "chat_template",
+        "validation_files",
+        "seq_len",
+        "batch_size",
+        "max_eval_batches",
+    ],
+    operational=["accelerator"],
+    name="eval-chat/{name}",
+    validate=_check,
+    resources=_ray_options,
+)
+def chat_eval(
+    model: str,
+    chat_data: str,
+    tokenizer: str,
+    name: str,
+    chat_template: str = DEFAULT_CHAT_TEMPLATE,
+    validation_files: str = VALIDATION_FILES,
+    seq_len: int = 128,
+    batch_size: int = 32,
+    max_eval_batches: int | None = None,
+    accelerator: str = "cpu",
+    *,
+    output_path: str,
+) -> dict:
+    """Score the final checkpoint of `model` (a `train_lm` or `sft` output) on the
+    conversations of `chat_data` matching `validation_files`: mean loss per assistant token
+    (nats), its perplexity, and bits per byte. Writes `results.json` and `metrics.jsonl`."""
+    import jmp
+    import levanter.main.eval_lm as levanter_eval
+    from levanter.distributed import RayConfig
+    from levanter.trainer import TrainerConfig
+
+    from tasks.lm.root_logging import printed_to_log, restored_root_logging
+    from tasks.lm.tracker import JsonlTrackerConfig
+
+    tensorstore_follows_emulator()
+    trained = base_model_config(model)
+    if trained is None:
+        raise FileNotFoundError(f"{model} has no train_config.json: not a train_lm/sft output")
+    work = tempfile.mkdtemp(prefix="lmflows-chat-eval-")
+    try:
+        tokenizer_dir = os.path.join(work, "tokenizer")
+        templated_tokenizer(tokenizer, chat_template, tokenizer_dir)
+        from transformers import AutoTokenizer
+
+        hf_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        cache_root = os.path.join(work, "cache")
+        stats = build_chat_cache(
+            chat_files(chat_data, validation_files),
+            hf_tokenizer,
+            chat_template,
+            os.path.join(cache_root, "validation"),
+            seq_len,
+        )
+        reference = os.path.join(work, "hf_reference")
+        shape = {**trained["model"], "seq_len": seq_len}
+        model_config = llama_config(**shape, tokenizer=tokenizer_dir, reference=reference)
+        write_reference_config(model_config, trained["vocab_size"], reference)
+        metrics_path = os.path.join(work, "metrics.jsonl")
+        config = levanter_eval.EvalLmConfig(
+            checkpoint_path=final_checkpoint(model),
+            model=model_config,
+            data=chat_data_config(tokenizer_dir, cache_root, chat_template),
+            trainer=TrainerConfig(
+                require_accelerator=False,
+                per_device_eval_parallelism=-1,
+                train_batch_size=batch_size,
+                max_eval_batches=max_eval_batches,
+                mp=jmp.get_policy("f32"),
+                ray=RayConfig(auto_start_cluster=False),
+                tracker=JsonlTrackerConfig(path=metrics_path),
+                id="chat-eval",
+                log_dir=Path(work) / "logs",
+            ),
+        )
+        with restored_root_logging(), printed_to_log():
+            levanter_eval.main(config)
+        logged: dict[str, Any] = {}
+        with open(metrics_path) as handle:
+            for line in handle:
+                if line.strip():
+                    logged.update(json.loads(line))
+        fs, root = fsspec.core.url_to_fs(output_path)
+        fs.makedirs(root, exist_ok=True)
+        fs.put_file(metrics_path, f"{root.rstrip('/')}/metrics.jsonl")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    loss = logged.get("eval/loss")
+    if loss is None:
+        raise RuntimeError(f"levanter logged no eval/loss for {name}: {sorted(logged)}")
+    results = {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": logged.get("eval/bpb"),
+        "conversations": stats["conversations"],
+        "assistant_tokens": stats["assistant_tokens"],
+        "longer_than_seq_len": stats["longer_than_seq_len"],
+    }
+    write_json(f"{output_path.rstrip('/')}/results.json", results)
+    _publish(name, results)
+    return results
+
+
+def _publish(name: str, results: dict) -> None:
+    from tasks.core import artifacts
+
+    artifacts.publish_table(
+        artifacts.key("eval-chat", name),
+        [{"metric": k, "value": v} for k, v in results.items()],
+        f"held-out chat loss (assistant tokens) of {name} {artifacts.output_url() or ''}",
+    )
