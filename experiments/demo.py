@@ -1,13 +1,16 @@
 """The README's main job: the whole pipeline on this machine's CPU in a few minutes.
 
 Data: the King James Bible (public domain, `data/kjv/`, see its README), served through the
-same download step as any other source. Model: a 2-layer, 64-wide Llama, 50 steps.
+same download step as any other source. Model: a 2-layer, 64-wide Llama, 50 steps. After the
+loss evaluation, lm-evaluation-harness scores the model on the bundled local task
+(`data/harness/`: finishing held-out KJV sentences, 4 choices; chance is 0.25), offline.
 """
 
 from __future__ import annotations
 
 from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluate
 from tasks.core import flow
+from tasks.lm.harness import harness_eval, harness_tasks
 
 
 @flow(name="demo")
@@ -16,4 +19,11 @@ def demo() -> dict:
     result = train_and_evaluate(
         "demo-kjv", {"kjv": data["tokenized"]}, data["tokenizer"], learning_rate=3e-3, **TINY_LLAMA
     )
-    return {"eval": result["eval"], "model": result["model"]}
+    harness = harness_eval(
+        result["model"],
+        data["tokenizer"],
+        ["kjv_completion"],
+        name="demo-kjv",
+        task_folder=harness_tasks(),
+    )
+    return {"eval": result["eval"], "model": result["model"], "harness": harness}

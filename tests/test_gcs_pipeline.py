@@ -230,9 +230,9 @@ def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
     print(f"demo: local {local_s:.1f} s, gs:// {gs_s:.1f} s, gs:// again {again_s:.1f} s")
 
-    # the same six identities, run on local disk and on gs://, then all Cached
+    # the same seven identities, run on local disk and on gs://, then all Cached
     local_states, first_states, again_states = map(step_states, (local, first, again))
-    assert len(local_states) == 6 and set(local_states.values()) == {"Completed"}, local_states
+    assert len(local_states) == 7 and set(local_states.values()) == {"Completed"}, local_states
     assert first_states == local_states
     assert again_states == dict.fromkeys(local_states, "Cached")
     assert not gs_folders(cwd, REPO, local_prefix), gs_folders(cwd, REPO, local_prefix)
@@ -241,7 +241,7 @@ def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator
     fs = gcs()
     root = f"{BUCKET}/demo"
     out = {key.split("/", 1)[0]: f"{root}/{key}" for key in local_states}
-    assert set(out) == {"raw", "dedup", "tokenizer", "tokenized", "checkpoints", "eval"}
+    assert set(out) == {"raw", "dedup", "tokenizer", "tokenized", "checkpoints", "eval", "harness"}
     for key in local_states:
         assert fs.exists(f"{root}/{key}/.lmflows/commit.json"), key
     assert len(fs.glob(f"{out['raw']}/kjv-*.jsonl.gz")) == 4
@@ -272,3 +272,13 @@ def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator
     assert gs_results["kjv"]["bits_per_byte"] == pytest.approx(
         local_results["kjv"]["bits_per_byte"], rel=1e-4
     )
+    # and the same harness scores (the checkpoint read back from gs:// by tensorstore)
+    gs_harness = json.loads(fs.cat_file(f"{out['harness']}/results.json"))
+    harness_key = next(k for k in local_states if k.startswith("harness/"))
+    local_harness = json.loads((local_prefix / harness_key / "results.json").read_text())
+    for task, entry in local_harness["tasks"].items():
+        assert gs_harness["tasks"][task]["n"] == entry["n"]
+        for metric, value in entry["metrics"].items():  # two trainings: a near tie may flip
+            assert gs_harness["tasks"][task]["metrics"][metric]["value"] == pytest.approx(
+                value["value"], abs=0.01
+            )

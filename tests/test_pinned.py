@@ -54,6 +54,8 @@ EXPERIMENT_IDENTITIES = {
         "tokenized/kjv-7ec78c5661",
         "checkpoints/demo-kjv-30080c6844",
         "eval/demo-kjv-546a3bc800",
+        # its identity includes the sha256 of data/harness/'s YAML and JSONL
+        "harness/demo-kjv-de4c2f3d37",
     ],
     "mixture": [
         "raw/kjv-pydoc-9a44d79b3d",
