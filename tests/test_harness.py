@@ -30,7 +30,7 @@ def _pipeline(max_eval_instances, task_folder=None, tasks=(TASK,)) -> dict:
     """Data, a tiny model and its harness evaluation: a flow body (run or planned)."""
     from flows.pretrain import prepare_data
     from tasks.lm.harness import harness_eval, harness_tasks
-    from tasks.train import train_lm
+    from tasks.lm.train import train_lm
 
     data = prepare_data("kjv", ["data/kjv/kjv-00.jsonl.gz"], vocab_size=512)
     model = train_lm(
