@@ -336,6 +336,37 @@ MUTANTS = [
         "from tasks.lm.train import llama_config, write_reference_config",
         ("tests/test_layout.py::test_readers_do_not_import_the_steps_that_write_what_they_read",),
     ),
+    Mutant(
+        "harness ignores max_eval_instances",
+        "tasks/lm/harness.py",
+        "        max_examples=max_eval_instances,",
+        "        max_examples=None,",
+        ("tests/test_harness.py::test_harness_eval_of_a_tiny_model",),
+    ),
+    Mutant(
+        "max_eval_instances left out of the harness identity",
+        "tasks/lm/harness.py",
+        '"task_folder", "max_eval_instances", "num_fewshot"],',
+        '"task_folder", "num_fewshot"],',
+        (
+            "tests/test_harness.py::"
+            "test_max_eval_instances_and_task_data_rekey_only_the_harness_step",
+        ),
+    ),
+    Mutant(
+        "the chat template left out of the fine-tune's identity",
+        "tasks/lm/sft.py",
+        '        "tokenizer",\n        "chat_template",\n        "train_files",',
+        '        "tokenizer",\n        "train_files",',
+        ("tests/test_sft.py::test_chat_template_rekeys_the_fine_tune_not_pretraining",),
+    ),
+    Mutant(
+        "a parabola opening downwards is taken as an optimum",
+        "tasks/lm/scaling_fit.py",
+        "    if c2 <= 0:",
+        "    if c2 < -1e9:",
+        ("tests/test_scaling.py::test_a_parabola_opening_downwards_has_no_optimum",),
+    ),
 ]
 
 # Extra replacements a mutant needs to be coherent (the same bug in a second place).
