@@ -150,3 +150,24 @@ def test_a_failing_tokenizer_stops_the_reader(tokenizer_dir, tmp_path, monkeypat
             output_path=str(tmp_path / "out"),
         )
     assert not [t for t in threading.enumerate() if t.name.startswith("lmflows-tokenize")]
+
+
+def test_a_tokenizer_class_with_its_own_encoding_goes_through_levanter(tokenizer_dir):
+    """A subclass that changes the text before the Rust tokenizer (as CpmTokenizerFast does)
+    must not take the direct path, which would skip its change."""
+    from levanter.data.text import BatchTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from tasks.data.batch_tokenizer import DirectBatchTokenizer
+
+    class Shouting(PreTrainedTokenizerFast):
+        def _batch_encode_plus(self, batch_text_or_text_pairs, *args, **kwargs):
+            upper = [text.upper() for text in batch_text_or_text_pairs]
+            return super()._batch_encode_plus(upper, *args, **kwargs)
+
+    shouting = Shouting.from_pretrained(tokenizer_dir)
+    direct = DirectBatchTokenizer(shouting, enforce_bos=True)
+    assert not direct.direct
+    batch = [{"text": "And God saw the light, that it was good."}]
+    expected = BatchTokenizer(Shouting.from_pretrained(tokenizer_dir), enforce_bos=True)(batch)
+    assert direct(batch) == expected

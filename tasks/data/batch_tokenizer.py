@@ -8,8 +8,9 @@ apart again, row by row. `encode_batch_fast` gives the same ids without the offs
 Rust work on the bundled corpus; benches/tokenize_throughput.py). The direct path is taken only
 when the result is the same by construction (no padding, truncation, attention mask or
 long-string workaround, and a tokenizer whose outputs are only `input_ids`); otherwise every
-call goes to levanter. The cache metadata (`metadata`) is levanter's, so a cache written
-either way is the same cache (tests/test_tokenize_speed.py compares the files).
+call goes to levanter (so does a tokenizer class that overrides transformers' encoding
+methods). The cache metadata (`metadata`) is levanter's, so a cache written
+either way is the same cache (tests/test_tokenize_cache.py compares the files).
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ from collections.abc import Sequence
 from levanter.data.text import BatchTokenizer
 from transformers import PreTrainedTokenizerFast
 
+# The transformers methods between `tokenizer(texts)` and the Rust `encode_batch`: a subclass
+# that overrides one (e.g. CpmTokenizerFast segments Chinese text first) is not "the Rust
+# tokenizer plus bookkeeping", so it goes through levanter.
+_ENCODING_PATH = ("__call__", "_call_one", "batch_encode_plus", "_batch_encode_plus")
+
+
+def _overrides_encoding(cls: type) -> bool:
+    return any(
+        getattr(cls, name) is not getattr(PreTrainedTokenizerFast, name) for name in _ENCODING_PATH
+    )
+
 
 class DirectBatchTokenizer(BatchTokenizer):
     """`BatchTokenizer` with a direct `encode_batch` path (see the module docstring)."""
@@ -27,6 +39,7 @@ class DirectBatchTokenizer(BatchTokenizer):
         super().__init__(tokenizer, **kwargs)
         self.direct = (
             isinstance(tokenizer, PreTrainedTokenizerFast)
+            and not _overrides_encoding(type(tokenizer))
             and self.padding is False
             and not self.return_attention_mask
             and not self._needs_long_sequence_workaround
