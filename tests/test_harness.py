@@ -203,3 +203,45 @@ def _task_states(flow_run_id) -> list[str]:
             if len(names) >= 6 and "Running" not in names or time.monotonic() > deadline:
                 return names
             time.sleep(0.5)
+
+
+def test_the_task_folder_enters_the_identity_by_content_not_spelling(tmp_path, monkeypatch):
+    """The bundled folder written four ways is one identity (an absolute path would make it
+    depend on where the checkout lives); found by the attack review."""
+    from tasks.lm.harness import harness_tasks
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(tmp_path / "out"))
+    absolute = str(REPO / "data" / "harness")
+    spellings = ["data/harness", "./data/harness/", absolute, f"file://{absolute}"]
+    folders = [harness_tasks(spelling) for spelling in spellings]
+    assert all(folder == {**folders[0], "path": "data/harness"} for folder in folders)
+    keys = {_plan(max_eval_instances=8, task_folder=f)["harness/harness-tiny"] for f in folders}
+    assert len(keys) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("include: other.yaml\n", "`include:` is not supported"),
+        ("dataset_path: csv\n", "dataset_path='csv'"),
+        ("data_dir: /etc\n", "local tasks read JSON files of their folder"),
+    ],
+    ids=["include", "csv", "data-dir"],
+)
+def test_a_task_reading_files_outside_its_digest_is_refused(tmp_path, extra, message):
+    """Only the folder's own YAML and JSON files are in the digest: a task that reads other
+    files (include, another builder, data_dir) could change without re-keying the step."""
+    import yaml
+
+    from tasks.lm.harness import HarnessTaskError, harness_tasks
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    config = yaml.safe_load((REPO / "data" / "harness" / "kjv_completion.yaml").read_text())
+    config.update(yaml.safe_load(extra))
+    (folder / "kjv_completion.yaml").write_text(yaml.safe_dump(config))
+    (folder / "kjv_completion.jsonl").write_bytes(
+        (REPO / "data" / "harness" / "kjv_completion.jsonl").read_bytes()
+    )
+    with pytest.raises(HarnessTaskError, match=message):
+        _plan(max_eval_instances=8, task_folder=harness_tasks(str(folder)))

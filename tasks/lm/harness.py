@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -84,7 +85,24 @@ def harness_tasks(folder: str = BUNDLED_TASKS) -> dict[str, str]:
     Called where the flow is written (it reads the folder), so the content is part of the
     step's identity: a changed YAML or JSONL gives a new output instead of a stale cache hit.
     """
-    return {"path": folder, "sha256": _digest(_read_folder(folder))}
+    return {"path": canonical_folder(folder), "sha256": _digest(_read_folder(folder))}
+
+
+def canonical_folder(folder: str) -> str:
+    """One spelling per folder, so the identity does not depend on how the path was written
+    or where the checkout lives: a folder inside the checkout is relative to it
+    (`data/harness`, also for `./data/harness/`, its absolute path or `file://` URL); others
+    are normalised (no trailing `/`, no `.` segments)."""
+    from tasks.data.download import REPO_ROOT
+
+    if folder.startswith("file://"):
+        folder = folder[len("file://") :]
+    if "://" in folder:
+        return folder.rstrip("/")
+    absolute = Path(_resolve(folder)).resolve()
+    if absolute.is_relative_to(REPO_ROOT):
+        return absolute.relative_to(REPO_ROOT).as_posix()
+    return absolute.as_posix()
 
 
 def _task_configs(files: dict[str, bytes]) -> dict[str, tuple[str, dict]]:
@@ -105,6 +123,17 @@ def _task_configs(files: dict[str, bytes]) -> dict[str, tuple[str, dict]]:
             raise HarnessTaskError(f"harness task {name}: needs a `task:` name")
         if config["task"] in found:
             raise HarnessTaskError(f"harness task {config['task']!r} is defined twice")
+        # Everything a task reads must be in the folder's digest: its own YAML and the
+        # json files its data_files name (rewritten to the folder at run time). `include:`,
+        # other dataset builders and `data_dir` read files the digest does not cover.
+        if "include" in config:
+            raise HarnessTaskError(f"harness task {name}: `include:` is not supported here")
+        if config.get("dataset_path") != "json" or "data_dir" in config:
+            raise HarnessTaskError(
+                f"harness task {name}: local tasks read JSON files of their folder "
+                f"(`dataset_path: json` with `dataset_kwargs.data_files`), not "
+                f"dataset_path={config.get('dataset_path')!r}"
+            )
         found[config["task"]] = (name, config)
     return found
 
@@ -374,7 +403,6 @@ def _run(
     """levanter's `run_lm_eval_harness` on the checkpoint, loaded as levanter's
     `run_eval_harness_main` loads one (that function also writes a results file into the
     working directory and prints the report, so its body is followed here instead)."""
-    from pathlib import Path
 
     import equinox as eqx
     import haliax as hax
