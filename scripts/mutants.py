@@ -367,6 +367,13 @@ MUTANTS = [
         "    if c2 < -1e9:",
         ("tests/test_scaling.py::test_a_parabola_opening_downwards_has_no_optimum",),
     ),
+    Mutant(
+        "a same-size tokenizer passes for the model's own",
+        "tasks/lm/model.py",
+        "    if expected is not None and tokenizer_fingerprint(hf_tokenizer) != expected:",
+        "    if False:",
+        ("tests/test_tokenizer_match.py::test_another_tokenizer_is_refused",),
+    ),
 ]
 
 # Extra replacements a mutant needs to be coherent (the same bug in a second place).

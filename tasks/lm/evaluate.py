@@ -16,10 +16,11 @@ import fsspec
 
 from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.data.tokenizer_files import load_tokenizer
 from tasks.lm import accelerators
 from tasks.lm.checkpoints import final_checkpoint
 from tasks.lm.files import write_json
-from tasks.lm.model import llama_config, write_reference_config
+from tasks.lm.model import check_tokenizer_matches, llama_config, write_reference_config
 
 
 def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def evaluate(
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
     with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
         trained = json.load(handle)
+    check_tokenizer_matches(trained, load_tokenizer(tokenizer), model)
     # levanter's logs and the metrics file are written locally, then the metrics are copied
     # into the output (any fsspec URL). transformers cannot read a gs:// reference config,
     # so the model's is rebuilt locally from its config rather than read from hf_reference/.

@@ -269,6 +269,10 @@ def harness_eval(
     tensorstore_follows_emulator()  # levanter reads the checkpoint with tensorstore
     with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
         trained = json.load(handle)
+    from tasks.data.tokenizer_files import load_tokenizer
+    from tasks.lm.model import check_tokenizer_matches
+
+    check_tokenizer_matches(trained, load_tokenizer(tokenizer), model)
     checkpoint = final_checkpoint(model)
     work = tempfile.mkdtemp(prefix="lmflows-harness-")
     try:

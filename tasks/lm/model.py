@@ -3,6 +3,10 @@ levanter config they build, and the HF reference config its export needs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 MODEL_ATTRS = [
     "hidden_dim",
     "num_layers",
@@ -43,3 +47,29 @@ def write_reference_config(model_config, vocab_size: int, path: str) -> None:
     read gs://: `path` must be a local folder."""
     hf_config = model_config.to_hf_config(vocab_size)
     hf_config.save_pretrained(path)
+
+
+def tokenizer_fingerprint(hf_tokenizer: Any) -> str:
+    """sha256 of a tokenizer's vocabulary (every token and its id): what decides which ids a
+    text becomes, recorded with a model so that it is never scored or tuned with another."""
+    vocabulary = sorted(hf_tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocabulary, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_tokenizer_matches(trained: dict, hf_tokenizer: Any, model: str) -> None:
+    """Refuse a tokenizer other than the one `model` was trained with (its `train_config.json`
+    is `trained`). Ids past the model's vocabulary, or the same ids meaning other tokens, give
+    numbers that look like results. Models trained before the fingerprint was recorded are
+    checked by vocabulary size only."""
+    size = len(hf_tokenizer)
+    if size != trained.get("vocab_size"):
+        raise ValueError(
+            f"the tokenizer has {size} tokens but {model} was trained with "
+            f"{trained.get('vocab_size')}: pass the tokenizer the model was trained with"
+        )
+    expected = trained.get("tokenizer_sha256")
+    if expected is not None and tokenizer_fingerprint(hf_tokenizer) != expected:
+        raise ValueError(
+            f"the tokenizer's vocabulary is not the one {model} was trained with (same size, "
+            "other tokens or ids): pass the tokenizer the model was trained with"
+        )

@@ -39,7 +39,13 @@ from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.lm import accelerators
 from tasks.lm.checkpoints import checkpoint_keep
 from tasks.lm.files import join_url, write_json
-from tasks.lm.model import MODEL_ATTRS, llama_config, write_reference_config
+from tasks.lm.model import (
+    MODEL_ATTRS,
+    check_tokenizer_matches,
+    llama_config,
+    tokenizer_fingerprint,
+    write_reference_config,
+)
 
 logger = logging.getLogger("lmflows.sft")
 
@@ -415,11 +421,7 @@ def sft(
     try:
         tokenizer_dir = os.path.join(work, "tokenizer")
         hf_tokenizer = templated_tokenizer(tokenizer, chat_template, tokenizer_dir)
-        if len(hf_tokenizer) != base["vocab_size"]:
-            raise ValueError(
-                f"tokenizer has {len(hf_tokenizer)} tokens but {model} was trained with "
-                f"{base['vocab_size']}: pass the tokenizer the model was pretrained with"
-            )
+        check_tokenizer_matches(base, hf_tokenizer, model)
         # Reload by path so the processor's metadata (the tokenizer's name) is what levanter
         # sees when it opens the cache.
         hf_tokenizer = type(hf_tokenizer).from_pretrained(tokenizer_dir)
@@ -499,6 +501,7 @@ def sft(
             {
                 "model": {key: shape[key] for key in MODEL_ATTRS},
                 "vocab_size": base["vocab_size"],
+                "tokenizer_sha256": tokenizer_fingerprint(hf_tokenizer),
                 "data": ["chat"],
                 "weights": {"chat": 1.0},
                 "base_model_export": "/".join(base_export.rsplit("/", 2)[-2:]),

@@ -24,7 +24,7 @@ from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.lm import accelerators
 from tasks.lm.checkpoints import final_checkpoint
 from tasks.lm.files import write_json
-from tasks.lm.model import llama_config, write_reference_config
+from tasks.lm.model import check_tokenizer_matches, llama_config, write_reference_config
 from tasks.lm.sft import (
     DEFAULT_CHAT_TEMPLATE,
     VALIDATION_FILES,
@@ -128,6 +128,7 @@ def chat_eval(
         from transformers import AutoTokenizer
 
         hf_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        check_tokenizer_matches(trained, hf_tokenizer, model)
         cache_root = os.path.join(work, "cache")
         stats = build_chat_cache(
             chat_files(chat_data, validation_files),

@@ -36,7 +36,12 @@ from tasks.lm.checkpoints import (
     waitable_checkpointer_config,
 )
 from tasks.lm.files import join_url, put_folder, write_json
-from tasks.lm.model import MODEL_ATTRS, llama_config, write_reference_config
+from tasks.lm.model import (
+    MODEL_ATTRS,
+    llama_config,
+    tokenizer_fingerprint,
+    write_reference_config,
+)
 
 logger = logging.getLogger("lmflows.train")
 
@@ -177,6 +182,7 @@ def train_lm(
             {
                 "model": {k: getattr(plan.config.model, k) for k in MODEL_ATTRS},
                 "vocab_size": plan.vocab_size,
+                "tokenizer_sha256": plan.tokenizer_sha256,
                 "data": sorted(data),
                 "weights": plan.weights,
             },
@@ -199,6 +205,7 @@ class TrainPlan:
     metrics_path: str
     vocab_size: int
     weights: dict
+    tokenizer_sha256: str
 
 
 def build_train_config(
@@ -257,7 +264,8 @@ def build_train_config(
     work_dir = work_dir or tempfile.mkdtemp(prefix="lmflows-train-")
     fs, root = fsspec.core.url_to_fs(output_path)
     fs.makedirs(root, exist_ok=True)
-    vocab_size = len(load_tokenizer(tokenizer))
+    hf_tokenizer = load_tokenizer(tokenizer)
+    vocab_size = len(hf_tokenizer)
     # transformers reads `reference_checkpoint` and cannot read gs://: a local copy is the
     # one levanter uses; the output keeps one too (hf_reference/), as a record.
     reference = os.path.join(work_dir, "hf_reference")
@@ -318,4 +326,11 @@ def build_train_config(
         hf_save_path=join_url(output_path, "hf"),
         hf_save_steps=num_train_steps,
     )
-    return TrainPlan(config, checkpointer, metrics_path, vocab_size, weights)
+    return TrainPlan(
+        config,
+        checkpointer,
+        metrics_path,
+        vocab_size,
+        weights,
+        tokenizer_fingerprint(hf_tokenizer),
+    )
