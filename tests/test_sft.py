@@ -67,7 +67,18 @@ def test_chat_template_rekeys_the_fine_tune_not_pretraining(tmp_path, monkeypatc
         ({"num_train_steps": 1}, "at least 2 steps"),
         ({"learning_rate": 0.0}, "learning_rate=0.0 must be positive"),
         ({"seq_len": 256}, "seq_len=256 is longer than the base model's seq_len=128"),
-        ({"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}, "renders no"),
+        (
+            {"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"},
+            "renders an assistant message outside",
+        ),
+        (  # the third turn's user message is trained on: a two-turn probe would not see it
+            {
+                "chat_template": "{% for m in messages %}{% if m['role'] == 'assistant' or "
+                "loop.index0 >= 4 %}{% generation %}{{ m['content'] }}</s>{% endgeneration %}"
+                "{% else %}U: {{ m['content'] }}\n{% endif %}{% endfor %}"
+            },
+            "puts a user message inside",
+        ),
         (
             {
                 "chat_template": "{% for m in messages %}{% generation %}{{ m['content'] }}"
@@ -179,3 +190,13 @@ def test_sft_loss_falls_export_loads_and_rerun_is_cached(prefix):
     assert again.is_completed(), again.message
     states = _task_run_states(again.state_details.flow_run_id, 10)
     assert states == ["Cached"] * 10, states
+
+
+def test_a_held_out_file_matched_by_the_training_pattern_is_refused():
+    from tasks.lm.sft import split_files
+
+    chat = str(REPO / "data" / "chat")
+    files = split_files(chat, "train-*.jsonl*", "validation-*.jsonl*")
+    assert [f.rsplit("/", 1)[-1] for f in files["validation"]] == ["validation-00.jsonl.gz"]
+    with pytest.raises(ValueError, match="must not be trained on"):
+        split_files(chat, "*.jsonl*", "validation-*.jsonl*")

@@ -87,42 +87,62 @@ _PROBE = [
     {"role": "user", "content": "Which book is it from?"},
     {"role": "assistant", "content": "Genesis."},
 ]
+# Longer than the first (a template may treat later turns differently) ...
+_PROBE_LONG = _PROBE + [
+    {"role": "user", "content": "And the third turn?"},
+    {"role": "assistant", "content": "Let there be light."},
+]
+# ... and with a system message, which a template may refuse (then the data must have none).
+_PROBE_SYSTEM = [{"role": "system", "content": "You answer from the Bible."}, *_PROBE]
 
 
 # -- argument checks (before any work) ---------------------------------------------------------
 
 
+def _render(chat_template: str, conversation: list[dict]) -> tuple[str, str]:
+    """The rendered conversation and the part of it inside {% generation %} blocks."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, spans = render_jinja_template(
+        conversations=[conversation],
+        chat_template=chat_template,
+        return_assistant_tokens_mask=True,
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    text = rendered[0]
+    return text, "".join(text[start:end] for start, end in spans[0])
+
+
 def check_chat_template(chat_template: Any) -> None:
     """Refuse a template levanter could not train with: not a string, not valid Jinja, no
     `{% generation %}` block, or one that marks none of an assistant's words (nothing would
-    carry loss) or marks a user's words (the model would learn to write the user's turn)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
+    carry loss) or marks anything else (a user's or the system's words: the model would learn
+    to write them). Checked on probe conversations of two and three turns, and with a system
+    message if the template renders one."""
     if not isinstance(chat_template, str) or not chat_template.strip():
         raise ValueError("chat_template must be a non-empty Jinja string")
-    try:
-        rendered, spans = render_jinja_template(
-            conversations=[_PROBE],
-            chat_template=chat_template,
-            return_assistant_tokens_mask=True,
-            bos_token="<s>",
-            eos_token="</s>",
-        )
-    except Exception as exc:
-        raise ValueError(f"chat_template does not render a conversation: {exc}") from exc
-    text = rendered[0]
-    generated = "".join(text[start:end] for start, end in spans[0])
-    if "Genesis." not in generated or "God created" not in generated:
-        raise ValueError(
-            "chat_template renders no assistant message inside {% generation %} ... "
-            "{% endgeneration %}: levanter trains only on the tokens it marks, so nothing "
-            f"would be learned (rendered: {text[:200]!r})"
-        )
-    if "In the beginning" in generated or "Which book" in generated:
-        raise ValueError(
-            "chat_template puts a user message inside {% generation %}: the model would be "
-            "trained to write the user's turn"
-        )
+    probes = [(_PROBE, False), (_PROBE_LONG, False), (_PROBE_SYSTEM, True)]
+    for conversation, may_refuse in probes:
+        try:
+            text, generated = _render(chat_template, conversation)
+        except Exception as exc:
+            if may_refuse:
+                continue  # a template without system messages; the data is checked when read
+            raise ValueError(f"chat_template does not render a conversation: {exc}") from exc
+        for message in conversation:
+            inside = message["content"] in generated
+            if message["role"] == "assistant" and not inside:
+                raise ValueError(
+                    "chat_template renders an assistant message outside {% generation %} ... "
+                    "{% endgeneration %}: levanter trains only on the tokens it marks, so it "
+                    f"would not be learned (rendered: {text[:200]!r})"
+                )
+            if message["role"] != "assistant" and inside:
+                raise ValueError(
+                    f"chat_template puts a {message['role']} message inside "
+                    "{% generation %}: the model would be trained to write it"
+                )
 
 
 def _positive(**values: Any) -> None:
@@ -215,6 +235,22 @@ def chat_files(chat_data: str, pattern: str) -> list[str]:
     if not matched:
         raise FileNotFoundError(f"no file matching {pattern!r} in {chat_data} (found {names})")
     return matched
+
+
+def split_files(chat_data: str, train_files: str, validation_files: str) -> dict[str, list[str]]:
+    """The training and held-out files; a file matching both patterns is refused (held-out
+    conversations that were trained on would make the held-out loss meaningless)."""
+    files = {
+        "train": chat_files(chat_data, train_files),
+        "validation": chat_files(chat_data, validation_files),
+    }
+    both = sorted(set(files["train"]) & set(files["validation"]))
+    if both:
+        raise ValueError(
+            f"train_files={train_files!r} and validation_files={validation_files!r} both match "
+            f"{both}: a held-out file must not be trained on"
+        )
+    return files
 
 
 def read_conversations(files: list[str], messages_field: str = "messages"):
@@ -428,13 +464,9 @@ def sft(
         cache_root = os.path.join(work, "cache")
         data_stats = {
             split: build_chat_cache(
-                chat_files(chat_data, pattern),
-                hf_tokenizer,
-                chat_template,
-                os.path.join(cache_root, split),
-                seq_len,
+                files, hf_tokenizer, chat_template, os.path.join(cache_root, split), seq_len
             )
-            for split, pattern in (("train", train_files), ("validation", validation_files))
+            for split, files in split_files(chat_data, train_files, validation_files).items()
         }
         reference = os.path.join(work, "hf_reference")
         shape = {**base["model"], "seq_len": seq_len}
