@@ -86,6 +86,15 @@ def test_chat_template_rekeys_the_fine_tune_not_pretraining(tmp_path, monkeypatc
             },
             "puts a user message inside",
         ),
+        (  # a system message first, inside the generation block (transformers' span of a
+            # block at the first character is empty: the check renders after a marker)
+            {
+                "chat_template": "{% for m in messages %}{% if m['role'] == 'user' %}U: "
+                "{{ m['content'] }}\n{% else %}{% generation %}{{ m['role'] }}: "
+                "{{ m['content'] }}</s>{% endgeneration %}{% endif %}{% endfor %}"
+            },
+            "puts a system message inside",
+        ),
         ({"chat_template": "{% for m in messages %}"}, "does not render"),
         ({"train_files": ""}, "train_files=''"),
         ({"accelerator": "tpu-v9-8"}, "tpu-v9-8"),

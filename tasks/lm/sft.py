@@ -103,9 +103,11 @@ def _render(chat_template: str, conversation: list[dict]) -> tuple[str, str]:
     """The rendered conversation and the part of it inside {% generation %} blocks."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
+    # transformers drops a {% generation %} span that starts at the first character (a system
+    # message rendered first would pass unseen): the probe renders after a marker.
     rendered, spans = render_jinja_template(
         conversations=[conversation],
-        chat_template=chat_template,
+        chat_template="[probe]" + chat_template,
         return_assistant_tokens_mask=True,
         bos_token="<s>",
         eos_token="</s>",
