@@ -209,3 +209,23 @@ def test_a_held_out_file_matched_by_the_training_pattern_is_refused():
     assert [f.rsplit("/", 1)[-1] for f in files["validation"]] == ["validation-00.jsonl.gz"]
     with pytest.raises(ValueError, match="must not be trained on"):
         split_files(chat, "*.jsonl*", "validation-*.jsonl*")
+
+
+def test_chat_eval_refuses_a_boolean_batch_count():
+    """`True` would be another identity for the same work as `1`."""
+    from tasks.lm.sft import DEFAULT_CHAT_TEMPLATE
+    from tasks.lm.sft_eval import chat_eval
+
+    check = chat_eval.definition.check
+    args = dict(
+        model="m",
+        chat_data="c",
+        tokenizer="t",
+        name="n",
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+        validation_files="validation-*.jsonl*",
+        seq_len=32,
+        batch_size=8,
+    )
+    with pytest.raises(ValueError, match="max_eval_batches=True"):
+        check({**args, "max_eval_batches": True})

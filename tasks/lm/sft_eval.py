@@ -58,7 +58,9 @@ def _check(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key}={value!r} must be a positive integer")
     if max_eval_batches is not None and (
-        not isinstance(max_eval_batches, int) or max_eval_batches < 1
+        not isinstance(max_eval_batches, int)
+        or isinstance(max_eval_batches, bool)  # True would be another identity for 1
+        or max_eval_batches < 1
     ):
         raise ValueError(f"max_eval_batches={max_eval_batches!r} must be a positive integer")
     check_chat_template(chat_template)
