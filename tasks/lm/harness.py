@@ -34,7 +34,9 @@ import fsspec
 
 from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
+from tasks.data.tokenizer_files import load_tokenizer
 from tasks.lm import accelerators
+from tasks.lm.model import check_tokenizer_matches
 
 BUNDLED_TASKS = "data/harness"
 # The files of a task folder that define its tasks and data (README.md and make_task.py don't).
@@ -269,9 +271,6 @@ def harness_eval(
     tensorstore_follows_emulator()  # levanter reads the checkpoint with tensorstore
     with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
         trained = json.load(handle)
-    from tasks.data.tokenizer_files import load_tokenizer
-    from tasks.lm.model import check_tokenizer_matches
-
     check_tokenizer_matches(trained, load_tokenizer(tokenizer), model)
     checkpoint = final_checkpoint(model)
     work = tempfile.mkdtemp(prefix="lmflows-harness-")
@@ -421,7 +420,6 @@ def _run(
     from levanter.utils.jax_utils import use_cpu_device
     from levanter.utils.tree_utils import inference_mode
 
-    from tasks.data.tokenizer_files import load_tokenizer
     from tasks.lm.model import llama_config
 
     hf_tokenizer = load_tokenizer(tokenizer)
