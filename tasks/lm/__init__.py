@@ -4,6 +4,7 @@
 |---------------|-----------------------------------------------------------------------|
 | train         | train_lm (pretraining, resumable)                                     |
 | evaluate      | evaluate (loss, perplexity, bits per byte on validation splits)       |
+| eval_run      | one run of levanter's eval_lm (evaluate and chat_eval share it)       |
 | sft           | sft (supervised fine-tuning of a train_lm output on chat data)        |
 | sft_eval      | chat_eval (held-out loss on the assistant's tokens of conversations)  |
 | model         | the Llama shape: MODEL_ATTRS, llama_config, write_reference_config    |

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -57,14 +56,9 @@ def evaluate(
     trained with. `batch_size` is a hash attribute: with `max_eval_batches` it decides how
     many examples are scored. `accelerator` (what the call asks Ray for) is operational.
     """
-    import jmp
-    import levanter.main.eval_lm as levanter_eval
     from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
-    from levanter.distributed import RayConfig
-    from levanter.trainer import TrainerConfig
 
-    from tasks.lm.root_logging import printed_to_log, restored_root_logging
-    from tasks.lm.tracker import JsonlTrackerConfig
+    from tasks.lm.eval_run import run_eval_lm
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
     with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
@@ -78,38 +72,22 @@ def evaluate(
         reference = os.path.join(work, "hf_reference")
         model_config = llama_config(**trained["model"], tokenizer=tokenizer, reference=reference)
         write_reference_config(model_config, trained["vocab_size"], reference)
-        metrics_path = os.path.join(work, "metrics.jsonl")
-        config = levanter_eval.EvalLmConfig(
-            checkpoint_path=final_checkpoint(model),
-            model=model_config,
-            data=LMMixtureDatasetConfig(
-                tokenizer=tokenizer,
-                cache_dir=None,
-                configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
-                train_weights={key: 1.0 for key in data},
-            ),
-            trainer=TrainerConfig(
-                require_accelerator=False,
-                per_device_eval_parallelism=-1,
-                train_batch_size=batch_size,
-                max_eval_batches=max_eval_batches,
-                mp=jmp.get_policy("f32"),
-                ray=RayConfig(auto_start_cluster=False),
-                tracker=JsonlTrackerConfig(path=metrics_path),
-                id="eval",
-                log_dir=Path(work) / "logs",
-            ),
+        data_config = LMMixtureDatasetConfig(
+            tokenizer=tokenizer,
+            cache_dir=None,
+            configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
+            train_weights={key: 1.0 for key in data},
         )
-        with restored_root_logging(), printed_to_log():
-            levanter_eval.main(config)
-        logged: dict[str, Any] = {}
-        with open(metrics_path) as handle:
-            for line in handle:
-                if line.strip():
-                    logged.update(json.loads(line))
-        fs, root = fsspec.core.url_to_fs(output_path)
-        fs.makedirs(root, exist_ok=True)
-        fs.put_file(metrics_path, f"{root.rstrip('/')}/metrics.jsonl")
+        logged = run_eval_lm(
+            final_checkpoint(model),
+            model_config,
+            data_config,
+            batch_size=batch_size,
+            max_eval_batches=max_eval_batches,
+            run_id="eval",
+            work=work,
+            output_path=output_path,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {"all": _summary(logged, "eval")}

@@ -9,15 +9,11 @@ template's `{% generation %}` part), not a hand-written loop.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
-
-import fsspec
 
 from tasks.core import StepRef, step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
@@ -111,13 +107,7 @@ def chat_eval(
     """Score the final checkpoint of `model` (a `train_lm` or `sft` output) on the
     conversations of `chat_data` matching `validation_files`: mean loss per assistant token
     (nats), its perplexity, and bits per byte. Writes `results.json` and `metrics.jsonl`."""
-    import jmp
-    import levanter.main.eval_lm as levanter_eval
-    from levanter.distributed import RayConfig
-    from levanter.trainer import TrainerConfig
-
-    from tasks.lm.root_logging import printed_to_log, restored_root_logging
-    from tasks.lm.tracker import JsonlTrackerConfig
+    from tasks.lm.eval_run import run_eval_lm
 
     tensorstore_follows_emulator()
     trained = base_model_config(model)
@@ -143,33 +133,16 @@ def chat_eval(
         shape = {**trained["model"], "seq_len": seq_len}
         model_config = llama_config(**shape, tokenizer=tokenizer_dir, reference=reference)
         write_reference_config(model_config, trained["vocab_size"], reference)
-        metrics_path = os.path.join(work, "metrics.jsonl")
-        config = levanter_eval.EvalLmConfig(
-            checkpoint_path=final_checkpoint(model),
-            model=model_config,
-            data=chat_data_config(tokenizer_dir, cache_root, chat_template),
-            trainer=TrainerConfig(
-                require_accelerator=False,
-                per_device_eval_parallelism=-1,
-                train_batch_size=batch_size,
-                max_eval_batches=max_eval_batches,
-                mp=jmp.get_policy("f32"),
-                ray=RayConfig(auto_start_cluster=False),
-                tracker=JsonlTrackerConfig(path=metrics_path),
-                id="chat-eval",
-                log_dir=Path(work) / "logs",
-            ),
+        logged = run_eval_lm(
+            final_checkpoint(model),
+            model_config,
+            chat_data_config(tokenizer_dir, cache_root, chat_template),
+            batch_size=batch_size,
+            max_eval_batches=max_eval_batches,
+            run_id="chat-eval",
+            work=work,
+            output_path=output_path,
         )
-        with restored_root_logging(), printed_to_log():
-            levanter_eval.main(config)
-        logged: dict[str, Any] = {}
-        with open(metrics_path) as handle:
-            for line in handle:
-                if line.strip():
-                    logged.update(json.loads(line))
-        fs, root = fsspec.core.url_to_fs(output_path)
-        fs.makedirs(root, exist_ok=True)
-        fs.put_file(metrics_path, f"{root.rstrip('/')}/metrics.jsonl")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     loss = logged.get("eval/loss")
