@@ -97,18 +97,13 @@ def publish_training_report(
     if not artifacts.in_task_run():
         return final
     where = artifacts.output_url() or url_of(output_path)
-    try:
-        from prefect.artifacts import create_markdown_artifact
-
-        encoded = base64.b64encode(picture).decode()
-        create_markdown_artifact(
-            markdown=f"### Loss curve: {name}\n\n![loss curve](data:image/png;base64,{encoded})"
-            f"\n\nPNG: `{where}/loss.png`",
-            key=artifacts.key("loss-curve", name),
-            description=f"training loss curve of {name}",
-        )
-    except Exception as exc:  # artifacts are a convenience; the files are the record
-        logger.warning("could not publish the loss curve: %s", exc)
+    publish_picture(
+        artifacts.key("loss-curve", name),
+        f"Loss curve: {name}",
+        picture,
+        f"PNG: `{where}/loss.png`",
+        f"training loss curve of {name}",
+    )
     artifacts.publish_table(
         artifacts.key("metrics", name),
         [{"metric": k, "value": v} for k, v in final.items()],
@@ -178,3 +173,19 @@ def progress_reporter(name: str, total_steps: int, tokens_per_step: int):
         last["logged_at"], last["logged_step"] = now, step
 
     return report
+
+
+def publish_picture(key: str, title: str, picture: bytes, footer: str, description: str) -> None:
+    """A PNG as a keyed markdown artifact (inline, so the UI shows it without access to the
+    bucket). A view only: a failure is logged, never raised (the files are the record)."""
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        encoded = base64.b64encode(picture).decode()
+        create_markdown_artifact(
+            markdown=f"### {title}\n\n![{title}](data:image/png;base64,{encoded})\n\n{footer}",
+            key=key,
+            description=description,
+        )
+    except Exception as exc:
+        logger.warning("could not publish %s: %s", key, exc)

@@ -18,7 +18,6 @@ approximation, not a FLOP count (the attention term is left out).
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -326,23 +325,18 @@ def _publish(picture: bytes, analysis: Mapping[str, Any], name: str, output_path
     """The picture (markdown with the PNG inline, as the loss curve is) and the optima as keyed
     Prefect artifacts; a view only, never fails the step."""
     from tasks.core import artifacts
-    from tasks.lm.report import url_of
+    from tasks.lm.report import publish_picture, url_of
 
     if not artifacts.in_task_run():
         return
     where = artifacts.output_url() or url_of(output_path)
-    try:
-        from prefect.artifacts import create_markdown_artifact
-
-        encoded = base64.b64encode(picture).decode()
-        create_markdown_artifact(
-            markdown=f"### Scaling laws: {name}\n\n![scaling](data:image/png;base64,{encoded})"
-            f"\n\nPNG: `{where}/{PLOT_FILE}`, fits: `{where}/{ANALYSIS_FILE}`",
-            key=artifacts.key("scaling", name),
-            description=f"isoflop curves and compute-optimal frontier of {name}",
-        )
-    except Exception as exc:  # artifacts are a convenience; the files are the record
-        logger.warning("could not publish the scaling plot: %s", exc)
+    publish_picture(
+        artifacts.key("scaling", name),
+        f"Scaling laws: {name}",
+        picture,
+        f"PNG: `{where}/{PLOT_FILE}`, fits: `{where}/{ANALYSIS_FILE}`",
+        f"isoflop curves and compute-optimal frontier of {name}",
+    )
     artifacts.publish_table(
         artifacts.key("scaling-optima", name),
         [
