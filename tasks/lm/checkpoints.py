@@ -21,11 +21,28 @@ def latest_checkpoint(checkpoints: str) -> tuple[str, int] | None:
     fs, root = fsspec.core.url_to_fs(checkpoints)
     if not fs.exists(root):
         return None
+    _drop_unreadable_metadata(fs, root)
     found = discover_latest_checkpoint(checkpoints)
     if found is None:
         return None
     with fsspec.open(join_url(found, "metadata.json"), "r") as handle:
         return found, int(json.load(handle)["step"])
+
+
+def _drop_unreadable_metadata(fs, root: str) -> None:
+    """Remove step folders whose `metadata.json` exists but does not parse: a save killed while
+    writing it (seen as an empty file after SIGKILL). levanter's discovery, here and when it
+    resumes, would fail on it instead of ignoring it as it ignores a missing one. Only the
+    resumable step's own staging folder is searched, under its lease."""
+    for entry in fs.ls(root, detail=False):
+        metadata = f"{entry.rstrip('/')}/metadata.json"
+        if not _STEP_DIR.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1]) or not fs.exists(metadata):
+            continue
+        try:
+            with fs.open(metadata, "r") as handle:
+                json.load(handle)["step"]
+        except (ValueError, KeyError, TypeError):
+            fs.rm(entry, recursive=True)
 
 
 def checkpoint_keep(checkpoint_every: int | None, num_train_steps: int) -> list[dict]:
