@@ -19,6 +19,8 @@ from prefect.utilities.callables import get_call_parameters
 
 from tasks.core import (
     artifacts,
+    failures,
+    isolation,
     lease,
     manifest,
     outputs,
@@ -35,6 +37,7 @@ from tasks.core.policy import LeaseLockManager, StepCachePolicy
 from tasks.core.ref import StepRef
 
 walk.register_special(PrefectFuture)
+failures.install()
 
 
 # --- --force: steps whose name matches are re-executed once per process -----------------
@@ -103,7 +106,12 @@ def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             functools.partial(_log_note, attempt) if attempt.resumable else None
         )
         try:
-            value = fn(**refs_to_paths(params), **{OUTPUT_PATH: attempt.write_path})
+            value = isolation.run_body(
+                definition,
+                {**refs_to_paths(params), OUTPUT_PATH: attempt.write_path},
+                lease_path,
+                identity.name_with_hash,
+            )
             metadata = (
                 {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
             )
@@ -410,6 +418,7 @@ def step(
     resources: dict[str, Any] | Callable[..., Any] | None = None,
     validate: Callable[..., None] | None = None,
     resumable: bool = False,
+    isolate: bool = False,
     **task_options: Any,
 ) -> Any:
     """Declare a step: ``@step(hash_attrs=["n"], operational=["workers"], name="toy/square")``.
@@ -424,6 +433,9 @@ def step(
     (`step.with_resources(...)` gives a copy with others). `resumable=True`: attempts of one
     identity share their output folder, so a new attempt after a crash or preemption finds
     what earlier ones wrote (training checkpoints); other steps start from an empty folder.
+    `isolate=True`: the body runs in a worker process of its own (any step whose body uses a
+    library with process-wide state: levanter, transformers, lm-eval, jax config, matplotlib,
+    logging handlers, `os.environ`, the working directory; docs/design.md "Isolation").
     `validate` is called with the call's arguments (defaults applied,
     StepRefs as they are) before anything runs, also in `plan`; it raises ValueError/TypeError
     naming the bad argument. Any other keyword (retries, tags, timeout_seconds, ...) goes to
@@ -438,6 +450,7 @@ def step(
             resources=resources,
             validate=validate,
             resumable=resumable,
+            isolate=isolate,
             **task_options,
         )
     definition = define(
@@ -448,6 +461,7 @@ def step(
         resources=resources,
         validate=validate,
         resumable=resumable,
+        isolate=isolate,
     )
     policy = StepCachePolicy(definition=definition).configure(
         lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"

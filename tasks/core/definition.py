@@ -46,6 +46,8 @@ class StepDefinition:
     validate: Callable[..., None] | None = None
     # Attempts of one identity share their output folder (checkpoints survive preemption).
     resumable: bool = False
+    # The body runs in a worker process of its own (tasks.core.isolation).
+    isolate: bool = False
 
     @property
     def where(self) -> str:
@@ -114,6 +116,7 @@ def define(
     resources: dict[str, Any] | Callable[..., Any] | None,
     validate: Callable[..., None] | None,
     resumable: bool = False,
+    isolate: bool = False,
 ) -> StepDefinition:
     """Check a declaration and return its definition, or raise `StepDefinitionError`."""
     where = f"@step on {fn.__module__}.{fn.__qualname__}"
@@ -151,6 +154,7 @@ def define(
         resources=check_resources(where, resources),
         validate=validate,
         resumable=bool(resumable),
+        isolate=bool(isolate),
     )
 
 

@@ -399,6 +399,30 @@ def holds(lease_path: str, holder: str | None = None) -> bool:
     return held is not None and not held.lost and (holder is None or held.holder == holder)
 
 
+def held_token(lease_path: str) -> tuple[str, float] | None:
+    """(token, lease seconds) of a lease this process holds, for a worker that watches it."""
+    held = _HELD.get(lease_path)
+    return None if held is None else (held.token, held.seconds)
+
+
+def expired(lease_path: str) -> bool:
+    """Whether the lease this process holds is past its expiry by this machine's clock."""
+    held = _HELD.get(lease_path)
+    return held is None or time.time() >= held.expires_at
+
+
+def assert_held_in_storage(lease_path: str) -> None:
+    """LeaseLostError unless storage still names this process's token (expired or not: a
+    paused holder that nobody replaced renews and goes on)."""
+    held = _HELD.get(lease_path)
+    if held is None or held.lost:
+        raise LeaseLostError(f"lease {lease_path} was lost")
+    current = _backend(lease_path).read(lease_path) or {}
+    if current.get("token") != held.token:
+        held.lost = True
+        raise LeaseLostError(f"lease {lease_path} was taken over by {current.get('holder')!r}")
+
+
 def assert_held(lease_path: str) -> None:
     """Fencing: raise LeaseLostError unless this process still holds the lease."""
     held = _HELD.get(lease_path)

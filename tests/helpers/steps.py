@@ -163,3 +163,24 @@ def count_up(total: int, pause: float = 0.0, *, output_path: str) -> dict:
         _write(f"{output_path}/ckpt-{i:03d}/by", str(os.getpid()))
         _write(f"{output_path}/ckpt-{i:03d}/done", "")
     return {"resumed_from": resumed}
+
+
+@step(hash_attrs=["n"], operational=["sleep"], name="t/isolated", isolate=True)
+def isolated(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
+    """Runs in a worker process of its own: records its pid, notes provenance, may fail."""
+    from tasks.core.provenance import note
+
+    _log(f"isolated-{n}")
+    note(worker_pid=os.getpid())
+    deadline = time.time() + sleep
+    while time.time() < deadline:  # ticks show when the body stops
+        _log(f"tick-{n}")
+        time.sleep(0.1)
+    if n < 0:
+        from tasks.core.storage import LinkedPathError
+
+        raise LinkedPathError(f"planted refusal for n={n}")
+    if n == 0:
+        raise ZeroDivisionError("a genuine bug in a step body")
+    _write(f"{output_path}/data.json", json.dumps(list(range(n))))
+    return {"pid": os.getpid(), "n": n}
