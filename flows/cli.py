@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--force",
             nargs="+",
+            action="extend",  # `--force A --force B` forces both (each glob checked)
             default=[],
             metavar="GLOB",
             help="re-execute steps whose name matches (fnmatch), e.g. 'checkpoints/*'",
@@ -112,7 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_experiment(explain)
     explain.add_argument(
-        "--step", default="*", metavar="GLOB", help="only steps whose name matches (fnmatch)"
+        "--step",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="GLOB",
+        help="only steps whose name matches any GLOB (fnmatch; repeatable; default: all)",
     )
     add_common(explain)
 
@@ -221,7 +227,9 @@ def cmd_plan(experiment: str, force: list[str], param_pairs: Sequence[str] = ())
     return 0
 
 
-def cmd_explain(experiment: str, step_glob: str, param_pairs: Sequence[str] = ()) -> int:
+def cmd_explain(
+    experiment: str, step_globs: Sequence[str] = (), param_pairs: Sequence[str] = ()
+) -> int:
     import fnmatch
 
     from tasks.core import storage
@@ -229,16 +237,19 @@ def cmd_explain(experiment: str, step_glob: str, param_pairs: Sequence[str] = ()
 
     _, _, plan = plan_experiment(experiment, param_pairs)
     names = sorted({item.ref.name for item in plan.steps.values()})
-    if not any(fnmatch.fnmatchcase(n, step_glob) for n in names):
+    step_globs = list(step_globs) or ["*"]
+    idle = [g for g in step_globs if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+    if idle:
         raise ArgumentError(
-            f"--step {step_glob} matches no step of the plan; its steps are: " + ", ".join(names)
+            f"--step {' '.join(idle)} matches no step of the plan; its steps are: "
+            + ", ".join(names)
         )
     plan.check_status()
     prefix = storage.current_prefix()
     reasons = explain_plan(plan, prefix)
     radius = blast_radius(reasons)
     for key, item in plan.steps.items():
-        if not fnmatch.fnmatchcase(item.ref.name, step_glob):
+        if not any(fnmatch.fnmatchcase(item.ref.name, g) for g in step_globs):
             continue
         reason = reasons.get(key)
         if reason is None:
@@ -305,7 +316,8 @@ def cmd_run(
     _check_writable(prefix)
     api_url = ensure_server(server)
     if runner == "ray":
-        from flows.runners import ray_task_runner
+        from flows.loader import EXPERIMENT_FILE_MODULE
+        from flows.runners import ray_task_runner, ship_by_value
 
         if api_url is None:
             print(
@@ -315,6 +327,8 @@ def cmd_run(
             )
         else:
             os.environ["PREFECT_API_URL"] = api_url  # passed to the Ray workers
+        if flow.fn.__module__.startswith(EXPERIMENT_FILE_MODULE):
+            ship_by_value(flow.fn.__module__)
         flow = flow.with_options(task_runner=ray_task_runner(ray_address))
     if api_url:
         print(f"lmflows: watch it in the Prefect UI: {ui_url(api_url)}/runs")

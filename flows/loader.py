@@ -11,6 +11,8 @@ from types import ModuleType
 
 from prefect import Flow
 
+EXPERIMENT_FILE_MODULE = "lmflows_experiment_"  # the module name of an experiment file
+
 
 class ExperimentError(ValueError):
     """An experiment that cannot be loaded; the message is one line for the user."""
@@ -29,7 +31,7 @@ def load_module(experiment: str) -> ModuleType:
         path = Path(experiment)
         if not path.is_file():
             raise ExperimentError(f"experiment file {experiment} does not exist")
-        module_name = f"lmflows_experiment_{path.stem.replace('-', '_')}"
+        module_name = f"{EXPERIMENT_FILE_MODULE}{path.stem.replace('-', '_')}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise ExperimentError(f"cannot import {experiment} as a Python file")

@@ -69,3 +69,19 @@ def ray_task_runner(address: str | None = None, num_cpus: int | None = None) -> 
     if address is None:
         init_kwargs.update(include_dashboard=False, num_cpus=num_cpus or os.cpu_count())
     return StepRayTaskRunner(address=address or "local", init_kwargs=init_kwargs)
+
+
+def ship_by_value(module_name: str) -> None:
+    """Ray workers import a step's module by name; an experiment loaded from a file path
+    (`lmflows_experiment_<stem>`, flows.loader) has no importable name there, so its code
+    travels with the pickled tasks instead (Ray's cloudpickle and the plain one, which the
+    isolated step bodies use)."""
+    import sys
+
+    import cloudpickle
+    from ray import cloudpickle as ray_cloudpickle
+
+    module = sys.modules[module_name]
+    for pickler in (cloudpickle, ray_cloudpickle):
+        if module_name not in pickler.list_registry_pickle_by_value():
+            pickler.register_pickle_by_value(module)

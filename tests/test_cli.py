@@ -62,6 +62,31 @@ def test_run_then_plan_status_and_force(tmp_path):
     )
 
 
+def test_force_and_step_are_repeatable_and_each_glob_is_checked(tmp_path):
+    prefix = str(tmp_path / "out")
+    assert flows_cli("run", "toy", "--prefix", prefix).returncode == 0
+    both = flows_cli("plan", "toy", "--force", "toy/numbers", "--force", "toy/words",
+                     "--prefix", prefix)  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    forced = {ln.split()[0].rsplit("-", 1)[0] for ln in both.stdout.splitlines() if " forced " in ln}
+    assert forced == {"toy/numbers", "toy/words"}, both.stdout
+    idle = flows_cli("plan", "toy", "--force", "nothing/*", "--force", "toy/words",
+                     "--prefix", prefix)  # fmt: skip
+    assert idle.returncode == 2 and "--force nothing/* matches no step" in idle.stderr, idle.stderr
+    idle_last = flows_cli("plan", "toy", "--force", "toy/words", "--force", "nothing/*",
+                          "--prefix", prefix)  # fmt: skip
+    assert idle_last.returncode == 2 and "nothing/*" in idle_last.stderr, idle_last.stderr
+    steps = flows_cli("explain", "toy", "--step", "toy/numbers", "--step", "toy/words",
+                      "--prefix", prefix)  # fmt: skip
+    assert steps.returncode == 0, steps.stderr
+    explained = {ln.split(":")[0].rsplit("-", 1)[0] for ln in steps.stdout.splitlines()
+                 if ln.startswith("toy/")}  # fmt: skip
+    assert explained == {"toy/numbers", "toy/words"}, steps.stdout
+    bad_step = flows_cli("explain", "toy", "--step", "toy/words", "--step", "zzz",
+                         "--prefix", prefix)  # fmt: skip
+    assert bad_step.returncode == 2 and "--step zzz matches no step" in bad_step.stderr
+
+
 def test_run_a_flow_file_by_path(tmp_path):
     prefix = tmp_path / "out"
     result = flows_cli("run", "tests/data/file_experiment.py", "--prefix", str(prefix))

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from tasks.core.inventory import describe
 from tests.conftest import REPO
 
 
@@ -209,3 +210,48 @@ def test_a_local_prefix_on_a_multi_node_cluster_is_refused(ray_head, tmp_path):
     assert code != 0
     assert "the Ray cluster has 2 nodes but the prefix" in output, output[-3000:]
     assert not list(tmp_path.glob("t/*"))
+
+
+EXTERNAL_EXPERIMENT = '''
+"""A user's experiment outside the repository, with steps of its own."""
+import os
+
+from tasks.core import flow, step
+
+
+@step(hash_attrs=["n"], name="ext/square")
+def square(n: int, *, output_path: str) -> dict:
+    return {"square": n * n, "pid": os.getpid()}
+
+
+@step(hash_attrs=["src"], name="ext/isolated", isolate=True)
+def isolated_copy(src: str, *, output_path: str) -> dict:
+    os.makedirs(output_path, exist_ok=True)
+    with open(os.path.join(output_path, "from.txt"), "w") as handle:
+        handle.write(src)
+    return {"pid": os.getpid(), "parent": os.getppid()}
+
+
+@flow
+def my_exp():
+    on_tpu = square.with_resources({"num_cpus": 0.5, "resources": {"TPU": 1}})
+    return isolated_copy(on_tpu(n=7))
+'''
+
+
+def test_an_experiment_file_outside_the_repository_runs_on_ray(ray_head, tmp_path):
+    """The file's module reaches the workers by value (it has no importable name there),
+    its own steps placed with their resources, an isolated one in a process of its own."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "my_exp.py").write_text(EXTERNAL_EXPERIMENT)
+    code, output = finish(run_on(ray_head, str(outside / "my_exp.py"), tmp_path / "out"))
+    assert code == 0, output[-4000:]
+    assert "ModuleNotFoundError" not in output
+    [square] = (tmp_path / "out").glob("ext/square-*/.lmflows/provenance.json")
+    assert json.loads(square.read_text())["ray"]["assigned_resources"].get("TPU") == 1
+    [copied] = (tmp_path / "out").glob("ext/isolated-*")
+    assert (copied / "from.txt").read_text().startswith(str(tmp_path / "out" / "ext"))
+    ray_worker = json.loads((copied / ".lmflows/provenance.json").read_text())["pid"]
+    body = describe(f"ext/{copied.name}", str(tmp_path / "out"))["metadata"]
+    assert body["pid"] != ray_worker and body["parent"] == ray_worker, (body, ray_worker)

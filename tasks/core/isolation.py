@@ -98,8 +98,7 @@ def run_in_child(definition: Any, kwargs: dict[str, Any], lease_path: str, label
             if not _lease_still_ours(lease_path):
                 _stop(child)
                 raise lease.LeaseLostError(
-                    f"lease {lease_path} was lost while {label} ran; its worker process was "
-                    "stopped"
+                    f"lease {lease_path} was lost while {label} ran; its worker process was stopped"
                 )
     finally:
         messages.close()

@@ -85,6 +85,7 @@ def download_url(
     hash_attrs=["dataset_id", "revision", "allow_patterns"],
     operational=["token"],
     name="raw/hf/{name}",
+    isolate=True,
 )
 def download_hf(
     dataset_id: str,

@@ -99,6 +99,7 @@ def _read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     operational=["batch_size"],
     name="tokenized/{name}",
     validate=checks.tokenize,
+    isolate=True,
 )
 def tokenize(
     dataset: str,

@@ -28,6 +28,7 @@ def _texts(corpus: str, max_documents: int | None) -> Iterator[str]:
     hash_attrs=["corpus", "vocab_size", "min_frequency", "max_documents", "model_max_length"],
     name="tokenizer/{name}",
     validate=checks.train_tokenizer,
+    isolate=True,
 )
 def train_tokenizer(
     corpus: str,

@@ -38,6 +38,7 @@ def _check(accelerator: Any = "cpu", **_: Any) -> None:
     name="eval/{name}",
     validate=_check,
     resources=_ray_options,
+    isolate=True,
 )
 def evaluate(
     model: str,

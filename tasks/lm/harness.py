@@ -238,6 +238,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     name="harness/{name}",
     validate=_check,
     resources=_ray_options,
+    isolate=True,
 )
 def harness_eval(
     model: str,

@@ -352,6 +352,7 @@ def _publish(picture: bytes, analysis: Mapping[str, Any], name: str, output_path
     operational=[],
     name="scaling/{name}",
     validate=_check_analysis,
+    isolate=True,
 )
 def analyze_scaling(
     runs: list[dict],
@@ -519,6 +520,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     validate=_check_optimal,
     resources=_ray_options,
     resumable=True,  # it is train_lm inside: an attempt resumes from the newest checkpoint
+    isolate=True,
 )
 def train_optimal(
     analysis: str,

@@ -401,6 +401,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     name="sft/{name}",
     validate=check_sft,
     resources=_ray_options,
+    isolate=True,
 )
 def sft(
     model: str,

@@ -89,6 +89,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     name="eval-chat/{name}",
     validate=_check,
     resources=_ray_options,
+    isolate=True,
 )
 def chat_eval(
     model: str,

@@ -81,6 +81,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     validate=checks.train_lm,
     resources=_ray_options,
     resumable=True,
+    isolate=True,
 )
 def train_lm(
     data: dict,
