@@ -109,6 +109,44 @@ def prefix(tmp_path, monkeypatch) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def shared_prefix(tmp_path_factory) -> str:
+    """One prefix for the whole session, for outputs that many tests consume unchanged (the
+    tiny model): identities make sharing safe, and each is computed once."""
+    return str(tmp_path_factory.mktemp("shared") / ".lmflows" / "outputs")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(shared_prefix, prefect_server) -> dict:
+    """The tiny KJV model of tests/helpers/tiny.py, trained once per session under
+    `shared_prefix`. Read its refs' paths with that prefix set (the `on_shared` fixture)."""
+    from tasks.core import flow
+    from tests.helpers.tiny import tiny_base
+
+    @flow(name="tiny-shared")
+    def shared() -> dict:
+        return tiny_base()
+
+    before = os.environ.get("LMFLOWS_PREFIX")
+    os.environ["LMFLOWS_PREFIX"] = shared_prefix
+    try:
+        state = shared(return_state=True)
+    finally:
+        if before is None:
+            os.environ.pop("LMFLOWS_PREFIX", None)
+        else:
+            os.environ["LMFLOWS_PREFIX"] = before
+    assert state.is_completed(), state.message
+    return state.result()
+
+
+@pytest.fixture
+def on_shared(shared_prefix, tiny_lm, monkeypatch) -> str:
+    """This test works under the session's shared prefix, where the tiny model is committed."""
+    monkeypatch.setenv("LMFLOWS_PREFIX", shared_prefix)
+    return shared_prefix
+
+
 @pytest.fixture
 def call_log(tmp_path, monkeypatch) -> Path:
     """A log of step bodies run (tests/helpers/steps.py appends to it, in any process)."""

@@ -68,7 +68,8 @@ def test_force_and_step_are_repeatable_and_each_glob_is_checked(tmp_path):
     both = flows_cli("plan", "toy", "--force", "toy/numbers", "--force", "toy/words",
                      "--prefix", prefix)  # fmt: skip
     assert both.returncode == 0, both.stderr
-    forced = {ln.split()[0].rsplit("-", 1)[0] for ln in both.stdout.splitlines() if " forced " in ln}
+    lines = both.stdout.splitlines()
+    forced = {ln.split()[0].rsplit("-", 1)[0] for ln in lines if " forced " in ln}
     assert forced == {"toy/numbers", "toy/words"}, both.stdout
     idle = flows_cli("plan", "toy", "--force", "nothing/*", "--force", "toy/words",
                      "--prefix", prefix)  # fmt: skip

@@ -11,40 +11,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = "kjv_completion"
-TINY = dict(
-    hidden_dim=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=2,
-    intermediate_dim=64,
-    seq_len=64,
-    batch_size=8,
-    num_train_steps=6,
-    learning_rate=1e-2,
-    steps_per_eval=100,
-    max_eval_batches=2,
-)
 
 
 def _pipeline(max_eval_instances, task_folder=None, tasks=(TASK,)) -> dict:
-    """Data, a tiny model and its harness evaluation: a flow body (run or planned)."""
-    from flows.pretrain import prepare_data
+    """The shared tiny model (tests/helpers/tiny.py) and its harness evaluation: a flow body
+    (run or planned)."""
     from tasks.lm.harness import harness_eval, harness_tasks
-    from tasks.lm.train import train_lm
+    from tests.helpers.tiny import tiny_base
 
-    data = prepare_data("kjv", ["data/kjv/kjv-00.jsonl.gz"], vocab_size=512)
-    model = train_lm(
-        data={"kjv": data["tokenized"]}, tokenizer=data["tokenizer"], name="harness-tiny", **TINY
-    )
+    base = tiny_base()
     scores = harness_eval(
-        model,
-        data["tokenizer"],
+        base["model"],
+        base["tokenizer"],
         list(tasks),
         name="harness-tiny",
         task_folder=task_folder or harness_tasks(),
         max_eval_instances=max_eval_instances,
     )
-    return {"model": model, "harness": scores}
+    return {"model": base["model"], "harness": scores}
 
 
 def _plan(**kwargs) -> dict[str, str]:
@@ -149,8 +133,8 @@ def test_bad_input_is_refused_before_any_work(kwargs, message, prefix):
     assert not Path(prefix).exists() or not any(Path(prefix).rglob("*.json"))
 
 
-def test_harness_eval_of_a_tiny_model(prefix):
-    """A real tiny run: train 6 steps, score 8 instances of the local task, then Cached."""
+def test_harness_eval_of_a_tiny_model(on_shared):
+    """A real run on the shared tiny model: score 8 instances of the local task, then Cached."""
     from tasks.core import flow
 
     @flow(name="harness-tiny")
@@ -184,7 +168,7 @@ def test_harness_eval_of_a_tiny_model(prefix):
     again = tiny(return_state=True)
     assert again.is_completed()
     assert again.result()["harness"] == refs["harness"]
-    assert _task_states(again.state_details.flow_run_id) == ["Cached"] * 6
+    assert _task_states(again.state_details.flow_run_id) == ["Cached"] * 7
 
 
 def _task_states(flow_run_id) -> list[str]:
@@ -200,7 +184,7 @@ def _task_states(flow_run_id) -> list[str]:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             )
             names = sorted(run.state.name for run in runs if run.state)
-            if len(names) >= 6 and "Running" not in names or time.monotonic() > deadline:
+            if len(names) >= 7 and "Running" not in names or time.monotonic() > deadline:
                 return names
             time.sleep(0.5)
 

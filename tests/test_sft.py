@@ -13,20 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_PRETRAIN = dict(
-    hidden_dim=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=2,
-    intermediate_dim=64,
-    seq_len=128,
-    batch_size=8,
-    num_train_steps=6,
-    learning_rate=1e-2,
-    steps_per_eval=100,
-    max_eval_batches=2,
-)
-
 
 def _plan(params: dict) -> dict[str, str]:
     """step name -> name-with-hash of an experiment planned with `params`."""
@@ -139,9 +125,10 @@ def test_chat_data_is_small_reproducible_and_well_formed(tmp_path):
         assert roles[0] == "user" and roles[-1] == "assistant" and len(roles) % 2 == 0
 
 
-def test_sft_loss_falls_export_loads_and_rerun_is_cached(prefix):
-    """A real tiny run: pretrain 6 steps on one KJV shard, fine-tune 30 steps on the chat
-    data, score both models on the held-out conversations; then the same flow again."""
+def test_sft_loss_falls_export_loads_and_rerun_is_cached(on_shared):
+    """A real tiny run: the shared tiny model (pretrained 6 steps on one KJV shard), fine-tune
+    30 steps on the chat data, score both models on the held-out conversations; then the
+    same flow again."""
     import numpy as np
     from transformers import AutoTokenizer, FlaxLlamaForCausalLM
 
@@ -149,17 +136,18 @@ def test_sft_loss_falls_export_loads_and_rerun_is_cached(prefix):
     from tasks.core import flow
     from tasks.lm.report import read_metrics
     from tasks.lm.sft import DEFAULT_CHAT_TEMPLATE
+    from tests.helpers import tiny as shared
     from tests.test_pipeline import _task_run_states
 
     @flow(name="sft-tiny")
     def tiny() -> dict:
         return pretrain_sft_evaluate(
             "sft-tiny",
-            "sft-tiny-base",
-            kjv_urls=[str(REPO / "data/kjv/kjv-00.jsonl.gz")],
+            shared.NAME,
+            kjv_urls=shared.KJV_URLS,
             chat_urls=[str(REPO / url) for url in CHAT_URLS],
-            vocab_size=512,
-            pretrain=TINY_PRETRAIN,
+            vocab_size=shared.VOCAB_SIZE,
+            pretrain=shared.TINY,
             eval_batch_size=8,
             seq_len=128,
             batch_size=8,

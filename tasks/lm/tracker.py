@@ -48,6 +48,25 @@ def local_path(path: str) -> str:
     return path.removeprefix("file://")
 
 
+def _drop_partial_last_line(path: str) -> bool:
+    """A row cut off by a killed attempt (no newline at the end) would glue itself to the next
+    attempt's first row and make the file unreadable: cut it off. True if it did."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb+") as handle:
+        content = handle.read()
+        if content and not content.endswith(b"\n"):
+            handle.truncate(content.rfind(b"\n") + 1)
+            return True
+    return False
+
+
+def repair(path: str) -> None:
+    """Cut off a row that a killed attempt left half-written in the metrics at `path` (any
+    fsspec URL), as opening it for a new attempt does."""
+    _JsonLines(path).close()
+
+
 class _JsonLines:
     """An append-only JSON-lines file at any fsspec URL (see the module docstring)."""
 
@@ -67,6 +86,7 @@ class _JsonLines:
             fs, remote = fsspec.core.url_to_fs(path)
             if fs.exists(remote):  # an earlier attempt's rows: append after them
                 fs.get_file(remote, self._local)
+        self._dirty = _drop_partial_last_line(self._local)
         self._file = open(self._local, "a")  # noqa: SIM115 - closed in close()
 
     def write(self, row: dict[str, Any]) -> None:

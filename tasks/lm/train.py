@@ -127,6 +127,7 @@ def train_lm(
     from tasks.lm.report import progress_reporter, publish_training_report
     from tasks.lm.root_logging import restored_root_logging
     from tasks.lm.tracker import finish_all
+    from tasks.lm.tracker import repair as repair_metrics
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
     attempt = uuid.uuid4().hex[:8]
@@ -168,8 +169,15 @@ def train_lm(
         )
         try:
             with restored_root_logging():
-                levanter_train.main(plan.config)
-                plan.checkpointer.wait_until_finished()  # levanter saves the last one async
+                if resumed and training_is_done(resumed[1], num_train_steps):
+                    # Killed after its last checkpoint: levanter would resume at the end and
+                    # raise "No training steps were executed". Finish from that checkpoint.
+                    logger.info("attempt %s: training was done at step %d", attempt, resumed[1])
+                    export_hf(plan, resumed[0], join_url(output_path, "hf", f"step-{resumed[1]}"))
+                    repair_metrics(plan.metrics_path)
+                else:
+                    levanter_train.main(plan.config)
+                    plan.checkpointer.wait_until_finished()  # levanter saves the last async
         finally:
             finish_all(plan.metrics_path)  # a failed run still leaves its metrics so far
         final = publish_training_report(
@@ -197,6 +205,39 @@ def train_lm(
         "vocab_size": plan.vocab_size,
         "num_train_steps": num_train_steps,
     }
+
+
+def training_is_done(checkpoint_step: int, num_train_steps: int) -> bool:
+    """levanter numbers steps from 0 and saves the last one as `step-{n - 1}`."""
+    return checkpoint_step >= num_train_steps - 1
+
+
+def export_hf(plan: TrainPlan, checkpoint: str, hf_dir: str) -> None:
+    """The HF export levanter's training writes at its last step, made from a checkpoint:
+    the same converter (reference config, tokenizer) on the checkpoint's model weights.
+    A partial export of a killed attempt is replaced."""
+    import equinox as eqx
+    import haliax
+    import jax
+    from levanter.checkpoint import load_checkpoint
+    from levanter.utils.jax_utils import is_inexact_arrayish
+
+    from tasks.data.tokenizer_files import load_tokenizer
+
+    config = plan.config
+    fs, root = fsspec.core.url_to_fs(hf_dir)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    vocab = haliax.Axis("vocab", plan.vocab_size)
+    with config.trainer.device_mesh, haliax.axis_mapping(config.trainer.parameter_axis_mapping):
+        shape = eqx.filter_eval_shape(config.model.build, vocab, key=jax.random.PRNGKey(0))
+        trainable, frozen = eqx.partition(shape, is_inexact_arrayish)
+        trainable = load_checkpoint(trainable, checkpoint, subpath="model")
+        model = eqx.combine(trainable, frozen)
+        converter = config.model.hf_checkpoint_converter().replaced(
+            tokenizer=load_tokenizer(config.data.tokenizer)
+        )
+        converter.save_pretrained(model, hf_dir, upload_to_hf=False)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,89 @@
+"""A training killed after its last checkpoint finishes from it (issue #19, item 1).
+
+Before: every later run resumed at the last step and levanter raised `RuntimeError: No
+training steps were executed`; only `--force` got out, throwing the work away. What a SIGKILL
+at each moment after the final checkpoint leaves is built here from the shared tiny model's
+own files (tests/test_train_resume.py kills a real run mid-training): the resume folder with
+complete checkpoints and metrics, no commit; then a partial HF export; then a cut metrics row
+and a cut loss plot. The next run exports from the checkpoint, reports, commits once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tasks.core import storage
+
+
+def _copy_inputs(tiny_lm: dict, shared: str, fresh: str) -> None:
+    """The training's committed inputs, copied to another prefix (identities do not depend on
+    the prefix: a copied bucket is served as it is)."""
+    for key in ("tokenized", "tokenizer"):
+        ref = tiny_lm[key]
+        shutil.copytree(storage.output_dir(ref.name_with_hash, shared),
+                        storage.output_dir(ref.name_with_hash, fresh), symlinks=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("killed", ["after-checkpoint", "during-hf-export", "during-report"])
+def test_a_training_killed_after_its_last_checkpoint_finishes_from_it(
+    tiny_lm, shared_prefix, tmp_path, monkeypatch, killed
+):
+    from tasks.core import flow
+    from tasks.core.inventory import describe
+    from tasks.lm.train import train_lm
+    from tests.helpers import tiny
+
+    model = tiny_lm["model"]
+    trained = Path(storage.output_dir(model.name_with_hash, shared_prefix))
+    fresh = str(tmp_path / ".lmflows" / "outputs")
+    _copy_inputs(tiny_lm, shared_prefix, fresh)
+    resume = Path(storage.staging_root(model.name_with_hash, fresh), "resume")
+    resume.mkdir(parents=True)
+    last = tiny.TINY["num_train_steps"] - 1
+    shutil.copytree(trained / "checkpoints", resume / "checkpoints")
+    shutil.copytree(trained / "hf_reference", resume / "hf_reference")
+    metrics = (trained / "metrics.jsonl").read_text()
+    (resume / "metrics.jsonl").write_text(metrics)
+    if killed in ("during-hf-export", "during-report"):
+        shutil.copytree(trained / "hf", resume / "hf")
+        weights = resume / "hf" / f"step-{last}" / "model.safetensors"
+        if killed == "during-hf-export":
+            weights.write_bytes(weights.read_bytes()[:1000])
+        else:
+            (resume / "metrics.jsonl").write_text(metrics + '{"step": 5, "train/lo')
+            (resume / "loss.png").write_bytes(b"\x89PNG\r\n")
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", fresh)
+
+    @flow(name="train-done")
+    def again() -> object:
+        return train_lm(
+            data={"kjv": tiny_lm["tokenized"]},
+            tokenizer=tiny_lm["tokenizer"],
+            name=tiny.NAME,
+            **tiny.TINY,
+        )
+
+    state = again(return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result() == model  # the same identity, now committed here
+    out = Path(storage.output_dir(model.name_with_hash, fresh))
+    provenance = describe(model.name_with_hash, fresh)["provenance"]
+    assert provenance["notes"]["resumed_from_step"] == last
+    # The export made from the checkpoint is the one levanter wrote while training.
+    name = f"hf/step-{last}/model.safetensors"
+    assert (out / name).read_bytes() == (trained / name).read_bytes()
+    assert json.loads((out / "train_config.json").read_text()) == json.loads(
+        (trained / "train_config.json").read_text()
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == last
+    assert (out / "loss.png").stat().st_size > 1000
+    commit = out / ".lmflows" / "commit.json"
+    committed_at = commit.stat().st_mtime_ns
+    assert again(return_state=True).result() == model
+    assert commit.stat().st_mtime_ns == committed_at  # committed once: Cached now
