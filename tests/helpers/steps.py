@@ -165,16 +165,13 @@ def count_up(total: int, pause: float = 0.0, *, output_path: str) -> dict:
     return {"resumed_from": resumed}
 
 
-@step(hash_attrs=["n"], operational=["sleep"], name="t/isolated", isolate=True)
-def isolated(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
-    """Runs in a worker process of its own: records its pid, notes provenance, may fail."""
-    from tasks.core.provenance import note
-
-    _log(f"isolated-{n}")
-    note(worker_pid=os.getpid())
+def _ticking_body(n: int, sleep: float, output_path: str) -> dict:
+    """Log a timestamped tick every 0.1 s for `sleep` seconds (tests see when a body stops),
+    then commit or fail as `n` says: n < 0 a known refusal, n == 0 a genuine bug."""
+    _log(f"body-{n}")
     deadline = time.time() + sleep
-    while time.time() < deadline:  # ticks show when the body stops
-        _log(f"tick-{n}")
+    while time.time() < deadline:
+        _log(f"tick-{n}@{time.time():.3f}")
         time.sleep(0.1)
     if n < 0:
         from tasks.core.storage import LinkedPathError
@@ -184,3 +181,18 @@ def isolated(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
         raise ZeroDivisionError("a genuine bug in a step body")
     _write(f"{output_path}/data.json", json.dumps(list(range(n))))
     return {"pid": os.getpid(), "n": n}
+
+
+@step(hash_attrs=["n"], operational=["sleep"], name="t/isolated", isolate=True)
+def isolated(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
+    """Runs in a worker process of its own; notes its pid in the provenance."""
+    from tasks.core.provenance import note
+
+    note(worker_pid=os.getpid())
+    return _ticking_body(n, sleep, output_path)
+
+
+@step(hash_attrs=["n"], operational=["sleep"], name="t/ticking")
+def ticking(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
+    """The same body in the task's own thread."""
+    return _ticking_body(n, sleep, output_path)
