@@ -210,30 +210,35 @@ def test_toy_on_gs_from_another_directory_leaves_no_local_gs_folder(on_emulator,
     assert json.loads(fs.cat_file(summary[0])) == {"inputs": 2, "files": 2}
 
 
-def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator, tmp_path):
+def test_the_pipeline_on_gs_matches_local_disk_and_is_cached_the_second_time(
+    on_emulator, tmp_path, shared_prefix, tiny_lm
+):
+    """The demo's seven steps at test size (tests/data/tiny_experiment.py): on local disk
+    (the session's shared prefix, where the tiny model is already trained), then on gs://
+    from nothing, then again (all Cached)."""
     url = on_emulator
     cwd = tmp_path / "elsewhere"
-    local_prefix = tmp_path / "local-outputs"
-    started = time.monotonic()
-    local = flows_cli("run", "demo", "--prefix", str(local_prefix), cwd=cwd, env={})
-    local_s = time.monotonic() - started
+    local_prefix = Path(shared_prefix)
+    experiment = str(REPO / "tests/data/tiny_experiment.py")
+    local = flows_cli("run", experiment, "--prefix", shared_prefix, cwd=cwd, env={})
     assert local.returncode == 0, local.stderr[-4000:]
 
     prefix = f"gs://{BUCKET}/demo"
     started = time.monotonic()
-    first = flows_cli("run", "demo", "--prefix", prefix, cwd=cwd, env=_env(url))
+    first = flows_cli("run", experiment, "--prefix", prefix, cwd=cwd, env=_env(url))
     gs_s = time.monotonic() - started
     assert first.returncode == 0, (first.stdout + first.stderr)[-6000:]
     started = time.monotonic()
-    again = flows_cli("run", "demo", "--prefix", prefix, cwd=cwd, env=_env(url))
+    again = flows_cli("run", experiment, "--prefix", prefix, cwd=cwd, env=_env(url))
     again_s = time.monotonic() - started
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
-    print(f"demo: local {local_s:.1f} s, gs:// {gs_s:.1f} s, gs:// again {again_s:.1f} s")
+    print(f"tiny pipeline: gs:// {gs_s:.1f} s, gs:// again {again_s:.1f} s")
 
     # the same seven identities, run on local disk and on gs://, then all Cached
     local_states, first_states, again_states = map(step_states, (local, first, again))
-    assert len(local_states) == 7 and set(local_states.values()) == {"Completed"}, local_states
-    assert first_states == local_states
+    assert len(local_states) == 7, local_states
+    assert set(first_states.values()) == {"Completed"}, first_states
+    assert set(first_states) == set(local_states)
     assert again_states == dict.fromkeys(local_states, "Cached")
     assert not gs_folders(cwd, REPO, local_prefix), gs_folders(cwd, REPO, local_prefix)
 
@@ -244,7 +249,7 @@ def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator
     assert set(out) == {"raw", "dedup", "tokenizer", "tokenized", "checkpoints", "eval", "harness"}
     for key in local_states:
         assert fs.exists(f"{root}/{key}/.lmflows/commit.json"), key
-    assert len(fs.glob(f"{out['raw']}/kjv-*.jsonl.gz")) == 4
+    assert len(fs.glob(f"{out['raw']}/kjv-*.jsonl.gz")) == 1
     assert fs.glob(f"{out['dedup']}/data/*.jsonl.gz") and fs.exists(f"{out['dedup']}/stats.json")
     assert fs.exists(f"{out['tokenizer']}/tokenizer.json")
     for split in ("train", "validation"):
@@ -257,7 +262,7 @@ def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator
     assert fs.info(f"{model}/loss.png")["size"] > 1000
     assert fs.exists(f"{model}/train_config.json")
     rows = [json.loads(line) for line in fs.cat_file(f"{model}/metrics.jsonl").splitlines()]
-    assert max(r["step"] for r in rows if r.get("train/loss") is not None) == 49
+    assert max(r["step"] for r in rows if r.get("train/loss") is not None) == 5
     assert len({r["attempt"] for r in rows}) == 1
     assert not fs.exists(f"{model}/logs"), "levanter's logs are local, not part of the output"
     provenance = json.loads(fs.cat_file(f"{model}/.lmflows/provenance.json"))
@@ -280,5 +285,5 @@ def test_demo_on_gs_matches_local_disk_and_is_cached_the_second_time(on_emulator
         assert gs_harness["tasks"][task]["n"] == entry["n"]
         for metric, value in entry["metrics"].items():  # two trainings: a near tie may flip
             assert gs_harness["tasks"][task]["metrics"][metric]["value"] == pytest.approx(
-                value["value"], abs=0.01
+                value["value"], abs=0.13  # one of 8 instances
             )
