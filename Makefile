@@ -4,7 +4,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export RAY_AUTH_MODE ?= disabled
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test lint bench setup mutants
+.PHONY: demo test test-fast lint bench setup mutants
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -15,6 +15,11 @@ demo: setup
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q
+
+# The core contract in under 3 minutes: what to run while working (the slow tier needs trainings).
+test-fast: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check .

@@ -83,6 +83,40 @@ def start_prefect_server(port: int, log, env: dict | None = None, *extra: str) -
     return proc
 
 
+# The full tier only (`make test`): real trainings, clusters, deployments, browsers, stress.
+# `make test-fast` (`-m "not slow"`) is the core contract: identity, declarations, records,
+# leases, planning, isolation, CLI errors, in under 3 minutes.
+SLOW_MODULES = {
+    "test_browser",
+    "test_checkpoints",
+    "test_deploy",
+    "test_deploy_ray",
+    "test_download_hf",
+    "test_gcs",
+    "test_gcs_pipeline",
+    "test_harness",
+    "test_mixture",
+    "test_pipeline",
+    "test_ray",
+    "test_scaling",
+    "test_security",
+    "test_server_loss",
+    "test_sft",
+    "test_stress",
+    "test_tokenize_cache",
+    "test_tokenizer_match",
+    "test_train_done",
+    "test_train_resume",
+    "test_watching",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
     """A real `prefect server start` process, shared by the session."""
