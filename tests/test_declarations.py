@@ -404,3 +404,29 @@ OPERATIONAL = {
 @pytest.mark.parametrize("label, task", PIPELINE, ids=[n for n, _ in PIPELINE])
 def test_operational_parameters_are_pinned(label, task):
     assert set(task.definition.operational) == OPERATIONAL.get(label, set())
+
+
+def test_every_step_using_a_library_with_process_wide_state_runs_isolated():
+    """levanter, transformers, lm-eval, the hub and matplotlib keep process-wide state: their
+    steps run in a worker process of their own (docs/design.md, "Isolation"); pure-Python
+    steps stay in the task's thread."""
+    import importlib
+    import pkgutil
+
+    import tasks.data
+    import tasks.lm
+    from tasks.core import Step
+
+    isolated, in_thread = set(), set()
+    for package in (tasks.data, tasks.lm):
+        for info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            for value in vars(module).values():
+                if isinstance(value, Step) and value.fn.__module__ == module.__name__:
+                    name = value.definition.fn.__name__
+                    (isolated if value.definition.isolate else in_thread).add(name)
+    assert isolated == {
+        "analyze_scaling", "chat_eval", "download_hf", "evaluate", "harness_eval", "sft",
+        "tokenize", "train_lm", "train_optimal", "train_tokenizer",
+    }  # fmt: skip
+    assert in_thread == {"dedup", "download_url", "text_to_jsonl"}, in_thread

@@ -12,7 +12,9 @@ A step call's life, one line per stage (module in brackets):
 5. lease     a committed record is served as `Cached` with no lease write; otherwise take the
              lease, then check for the record again (double-checked locking) [policy, lease]
 6. clear     the lease holder empties what a dead attempt left in the output folder [outputs]
-7. run       the function, with StepRefs replaced by paths and `output_path` filled [decorator]
+7. run       the function, with StepRefs replaced by paths and `output_path` filled; in a
+             worker process of its own for `isolate=True`; stopped when the lease is lost
+             [decorator, isolation]
 8. provenance  attributes, deps, code version, host and run ids beside the output [provenance]
 9. commit    fenced: a holder that lost its lease fails; the JSON record is written last,
              atomically [records]
