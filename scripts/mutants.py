@@ -2,7 +2,10 @@
 check that the tests guarding that code fail. Not part of CI (it runs the guards once per
 mutant: ~10 minutes on 2 cores).
 
-    python scripts/mutants.py [--only NAME ...] [--list]
+    python scripts/mutants.py [--only NAME ...] [--list] [--fast]
+
+`--fast` runs each mutant against the fast tier (`make test-fast`) instead of its guards and
+lists the mutants that only the full tier catches.
 
 Each mutant is (name, file, exact text, replacement, guarding tests). A mutant whose text is
 not found is an error: the list must follow the code.
@@ -377,6 +380,68 @@ MUTANTS = [
 ]
 
 # Extra replacements a mutant needs to be coherent (the same bug in a second place).
+MUTANTS += [
+    # isolation and the attack findings (issues #16 and #19)
+    Mutant(
+        "isolated bodies run in the task's thread",
+        "tasks/core/isolation.py",
+        "    if definition.isolate:\n",
+        "    if False:\n",
+        (
+            "tests/test_isolation.py::test_an_isolated_body_runs_in_a_process_of_its_own_and_cached_runs_start_none",
+        ),
+    ),
+    Mutant(
+        "sft no longer isolated",
+        "tasks/lm/sft.py",
+        "    isolate=True,\n",
+        "    isolate=False,\n",
+        ("tests/test_declarations.py::test_every_step_using_a_library_with_process_wide_state_runs_isolated",),
+    ),
+    Mutant(
+        "an isolated child ignores a takeover of its lease",
+        "tasks/core/isolated_child.py",
+        '    if payload.get("lease_token"):',
+        '    if False and payload.get("lease_token"):',
+        ("tests/test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",),
+    ),
+    Mutant(
+        "a body in the task's thread runs on after its lease is lost",
+        "tasks/core/isolation.py",
+        "    with interrupted_on_lease_loss(lease_path):",
+        "    with contextlib.nullcontext():",
+        ("tests/test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",),
+    ),
+    Mutant(
+        "known failures keep Prefect's tracebacks",
+        "tasks/core/decorator.py",
+        "failures.install()",
+        "pass",
+        ("tests/test_isolation.py::test_a_known_refusal_is_one_line_and_a_bug_keeps_its_traceback",),
+    ),
+    Mutant(
+        "--force keeps only the last glob",
+        "flows/cli.py",
+        '            action="extend",  # `--force A --force B` forces both (each glob checked)',
+        "",
+        ("tests/test_cli.py::test_force_and_step_are_repeatable_and_each_glob_is_checked",),
+    ),
+    Mutant(
+        "a finished training is trained again at its last step",
+        "tasks/lm/train.py",
+        "    return checkpoint_step >= num_train_steps - 1",
+        "    return False",
+        ("tests/test_train_done.py",),
+    ),
+    Mutant(
+        "a cut metrics row is kept",
+        "tasks/lm/tracker.py",
+        "        if content and not content.endswith(b\"\\n\"):",
+        "        if False:",
+        ("tests/test_train_done.py",),
+    ),
+]
+
 EXTRA = {
     "learning_rate made operational in train_lm": [
         ("tasks/lm/train.py", 'OPTIM_ATTRS = [\n    "learning_rate",\n', "OPTIM_ATTRS = [\n")
@@ -407,7 +472,8 @@ def _apply(root: Path, path: str, old: str, new: str) -> None:
     file.write_text(text.replace(old, new, 1))
 
 
-def run(mutant: Mutant, python: str) -> tuple[bool, float, str]:
+def run(mutant: Mutant, python: str, fast: bool = False) -> tuple[bool, float, str]:
+    """Plant the mutant in a copy and run its guards (or, `fast`, the whole fast tier)."""
     with tempfile.TemporaryDirectory(prefix="lmflows-mutant-") as tmp:
         root = Path(tmp)
         _copy_repo(root)
@@ -426,7 +492,8 @@ def run(mutant: Mutant, python: str) -> tuple[bool, float, str]:
             raise SystemExit(f"the copy is not what Python imports ({where}); cannot run")
         started = time.monotonic()
         result = subprocess.run(
-            [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.guards],
+            [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+             *(["-m", "not slow"] if fast else mutant.guards)],  # fmt: skip
             cwd=root,
             env=env,
             capture_output=True,
@@ -441,6 +508,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="*", default=None, help="substrings of mutant names")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="run each mutant against the fast tier (make test-fast) and list those that "
+        "only the full tier catches",
+    )
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if args.only is None or any(s in m.name for s in args.only)]
     if args.list:
@@ -452,7 +525,7 @@ def main() -> int:
         python = sys.executable
     missed = []
     for mutant in chosen:
-        caught, seconds, last = run(mutant, python)
+        caught, seconds, last = run(mutant, python, fast=args.fast)
         print(
             f"{'caught' if caught else 'MISSED'}  {seconds:6.1f} s  {mutant.name}  [{last}]",
             flush=True,
@@ -460,6 +533,9 @@ def main() -> int:
         if not caught:
             missed.append(mutant.name)
     print(f"{len(chosen) - len(missed)} of {len(chosen)} mutants caught")
+    if args.fast and missed:
+        print("need the full tier (make test): " + "; ".join(missed))
+        return 0
     return 1 if missed else 0
 
 

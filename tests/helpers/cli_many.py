@@ -1,0 +1,35 @@
+"""`python -m tests.helpers.cli_many '[ARGV, ...]'`: several `python -m flows` commands in one
+process (one interpreter start instead of one per command), each one's exit code, stdout and
+stderr printed as one JSON list. The tests that read damaged prefixes run six commands per case.
+Signal handlers and settings are the command line's own; the commands share nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import traceback
+
+
+def main() -> None:
+    from flows.cli import main as cli
+
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 2
+            except BaseException:  # noqa: BLE001 - what a user would have seen
+                err.write(traceback.format_exc())
+                code = 1
+        results.append({"argv": argv, "returncode": code, "stdout": out.getvalue(),
+                        "stderr": err.getvalue()})  # fmt: skip
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
