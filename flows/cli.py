@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
@@ -163,11 +165,17 @@ class ArgumentError(ValueError):
     """A step argument that cannot work, found by planning before anything ran."""
 
 
-def plan_experiment(experiment: str, param_pairs: Sequence[str], force: Sequence[str] = ()):
+def plan_experiment(
+    experiment: str,
+    param_pairs: Sequence[str],
+    force: Sequence[str] = (),
+    quiet: bool = False,
+):
     """Load, bind parameters, plan (identities only: milliseconds) and check `--force` globs.
 
     Every step's argument checks run here, so a bad argument of the last step stops a run
-    before the first step executes."""
+    before the first step executes. `quiet`: what the flow body prints while it is planned
+    is dropped (`run` plans, then runs the body: its prints appear once, from the run)."""
     from flows.loader import load_flow
     from flows.params import bind, parse
     from tasks.core import planning, set_force
@@ -175,8 +183,9 @@ def plan_experiment(experiment: str, param_pairs: Sequence[str], force: Sequence
     flow = load_flow(experiment)
     params = bind(flow, parse(param_pairs))
     set_force(force)
+    printed = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     try:
-        with planning.planning() as plan:
+        with planning.planning() as plan, printed:
             flow.fn(**params)
     except (ValueError, TypeError) as exc:
         raise ArgumentError(" ".join(str(exc).split())) from exc
@@ -312,7 +321,7 @@ def cmd_run(
     from tasks.core import storage
 
     prefix = storage.current_prefix()
-    flow, params, plan = plan_experiment(experiment, param_pairs, force)
+    flow, params, plan = plan_experiment(experiment, param_pairs, force, quiet=True)
     _check_writable(prefix)
     api_url = ensure_server(server)
     if runner == "ray":
@@ -496,11 +505,10 @@ def cmd_gc(delete: bool) -> int:
         return 0
     skipped = []
     for item in found:
-        if delete_output(item.name_with_hash, prefix):
-            print(f"deleted {item.name_with_hash}")
-        else:
+        outcome = delete_output(item.name_with_hash, prefix)
+        if not outcome.deleted:
             skipped.append(item.name_with_hash)
-            print(f"kept {item.name_with_hash}: a run holds its lease right now")
+        print(outcome.line)
     print(f"deleted {len(found) - len(skipped)} outputs, kept {len(skipped)} in use")
     return 0
 

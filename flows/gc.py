@@ -3,17 +3,24 @@
 Reachable means: produced by some step of the plan of some module under `experiments/`, with
 its flow's default parameters. A sweep run with other `--param` values is not reachable from
 the defaults, so `gc` lists it: read the list before `--delete`.
+
+`--delete` never deletes an output that a run is using: one whose own lease is live (a run is
+writing or re-committing it), or one that a live lease of another step lists as an input
+(that step is running, or about to, and reads it). Each output kept says why, in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 from tasks.core import lease, records, storage
 from tasks.core.inventory import CommittedStep, committed_steps
-from tasks.core.outputs import delete_output
+from tasks.core.outputs import delete_output, refuse_symlinked_output
 
 
 @dataclasses.dataclass
@@ -48,17 +55,122 @@ def unreachable(reach: Reach, prefix: str) -> list[CommittedStep]:
     return [s for s in committed_steps(prefix) if s.name_with_hash not in reach.reachable]
 
 
-def delete(name_with_hash: str, prefix: str) -> bool:
-    """Delete a committed output under its own lease; False (nothing touched) when another
-    process holds a live lease on it, i.e. a run is writing or re-committing it right now."""
+@dataclasses.dataclass
+class Consumer:
+    """A step holding a live lease that lists an output as its input."""
+
+    step: str  # NAME-HASH of the consuming step
+    holder: str
+    host: str
+    pid: Any
+
+    def __str__(self) -> str:
+        return f"{self.step} (lease holder {self.holder} on host {self.host}, pid {self.pid})"
+
+
+@dataclasses.dataclass
+class Deletion:
+    """What `delete` did with one output."""
+
+    name_with_hash: str
+    deleted: bool
+    # kept because another process holds the output's own lease (it writes or re-commits it)
+    leased: bool = False
+    # kept because these running steps read it
+    consumers: list[Consumer] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.deleted
+
+    @property
+    def line(self) -> str:
+        """One line for the user: deleted, or kept and why."""
+        name = self.name_with_hash
+        if self.deleted:
+            return f"deleted {name}"
+        if self.consumers:
+            steps = "; ".join(str(c) for c in self.consumers)
+            return f"kept {name}: running step {steps} reads it as an input"
+        return f"kept {name}: a run holds its lease right now"
+
+
+def delete(name_with_hash: str, prefix: str) -> Deletion:
+    """Delete a committed output under its own lease, unless a run uses it.
+
+    Kept (nothing changed) when another process holds a live lease on the output itself (a
+    run writes or re-commits it right now), or when a live lease of a step lists it among its
+    inputs (`deps`). The order closes the race with a consumer that starts just now: gc
+    removes the commit record first, *then* scans the live leases; a consumer writes its
+    lease first, *then* checks that its inputs are committed (tasks/core/policy.py,
+    `_check_inputs`). So either this scan sees the consumer's lease (and the record is put
+    back, same bytes), or the consumer sees the record gone and fails with MissingInputError
+    instead of reading a folder being deleted. A consumer that finds the record gone while
+    gc still holds this lease waits for it and looks again, so a record put back is found."""
     lease_path = storage.lease_path(name_with_hash, prefix)
     holder = f"gc-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if not lease.try_acquire(lease_path, holder):
-        return False
+        return Deletion(name_with_hash, deleted=False, leased=True)
+    commit = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
     try:
-        records.forget(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
+        refuse_symlinked_output(name_with_hash, prefix)
+        try:
+            content: bytes | None = storage.read_bytes(commit)
+        except FileNotFoundError:
+            content = None
+        records.forget(commit)
+        with lease.fenced(lease_path):
+            fs, path = storage.filesystem(commit)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(path)  # first: from here on a starting consumer sees it gone
+        consumers = consumers_of(name_with_hash, prefix)  # then: who already said they read it
+        if consumers:
+            if content is not None:
+                with lease.fenced(lease_path):
+                    storage.write_atomic(commit, content)
+            return Deletion(name_with_hash, deleted=False, consumers=consumers)
         with lease.fenced(lease_path):
             delete_output(name_with_hash, prefix)
     finally:
         lease.release(lease_path, holder)
-    return True
+    return Deletion(name_with_hash, deleted=True)
+
+
+def consumers_of(name_with_hash: str, prefix: str) -> list[Consumer]:
+    """The steps whose live lease under `prefix` lists `name_with_hash` as an input."""
+    found = []
+    for step, path in _lease_files(prefix):
+        current = lease.read(path)
+        if lease.is_live(current) and name_with_hash in lease.deps_of(current):
+            assert current is not None
+            found.append(
+                Consumer(
+                    step,
+                    str(current.get("holder")),
+                    str(current.get("host")),
+                    current.get("pid"),
+                )
+            )
+    return found
+
+
+def _lease_files(prefix: str) -> Iterator[tuple[str, str]]:
+    """(NAME-HASH, lease path) of every lease file under the prefix's state folder
+    (`storage.lease_path`): os.walk on local disk (never follows links), fsspec elsewhere."""
+    root = storage.join(prefix, storage.META_DIR, "state")
+    if storage.is_local(root):
+        for folder, _dirs, files in os.walk(root):
+            if storage.LEASE_NAME in files:
+                path = os.path.join(folder, storage.LEASE_NAME)
+                yield os.path.relpath(folder, root), path
+        return
+    fs, base = storage.filesystem(root)
+    base = base.rstrip("/")
+    protocol = root.split("://", 1)[0]
+    try:
+        listing = fs.find(base)
+    except FileNotFoundError:
+        return
+    for found in listing:
+        if found.endswith("/" + storage.LEASE_NAME) and found.startswith(base + "/"):
+            step = found[len(base) + 1 : -len("/" + storage.LEASE_NAME)]
+            yield step, f"{protocol}://{found}"

@@ -13,6 +13,9 @@ anything destructive or final (clearing the directory, the commit) and fails whe
 Double-checked locking: `acquire_lock` looks for a valid commit record first and takes no
 lease when there is one (Prefect's transaction then serves the record as `Cached`), so a
 fully cached re-run writes nothing.
+
+A step's lease also lists what the step consumes (`deps`, its inputs' `NAME-HASH`), renewals
+included: `gc` keeps any output that a live lease lists (flows/gc.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -53,7 +56,12 @@ class LeaseLostError(RuntimeError):
 MAX_LEASE_SECONDS = 86400.0
 MIN_LEASE_SECONDS = 1.0  # renewal every third of it must outrun a round trip to storage
 CLOCK_SKEW_SECONDS = 300.0
-MAX_LEASE_FILE_BYTES = 64 << 10
+# A lease lists its step's inputs (a few hundred bytes each at most): room for thousands.
+MAX_LEASE_FILE_BYTES = 4 << 20
+
+
+class LeaseTooLargeError(ValueError):
+    """A step with so many inputs that its lease would exceed what any reader accepts."""
 
 
 class LeaseSettingError(ValueError):
@@ -257,6 +265,13 @@ class _GcsLeases:
         fs.invalidate_cache(path)
         return True
 
+    def _delete(self, lease_path: str, generation: str) -> None:
+        fs, path = self._fs(lease_path)
+        bucket, key, _ = fs.split_path(path)
+        with contextlib.suppress(FileNotFoundError, FileExistsError):
+            fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation)
+        fs.invalidate_cache(path)
+
     def replace_if(
         self,
         lease_path: str,
@@ -268,11 +283,7 @@ class _GcsLeases:
         if not _may_replace(current, expect_token, only_if_free):
             return False
         if new is None:
-            fs, path = self._fs(lease_path)
-            bucket, key, _ = fs.split_path(path)
-            with contextlib.suppress(FileNotFoundError, FileExistsError):
-                fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation)
-            fs.invalidate_cache(path)
+            self._delete(lease_path, generation)
             return True
         if not self._put(lease_path, json.dumps(new).encode(), generation):
             return False
@@ -288,6 +299,11 @@ class _OtherLeases(_GcsLeases):
     def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
         storage.write_atomic(lease_path, data)
         return True
+
+    def _delete(self, lease_path: str, generation: str) -> None:
+        fs, path = self._fs(lease_path)  # GCS's conditional DELETE is not there: plain rm
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)
 
     def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
         fs, path = self._fs(lease_path)
@@ -323,6 +339,7 @@ class _Held:
     token: str
     seconds: float
     expires_at: float
+    deps: tuple[str, ...] = ()
     lost: bool = False
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -331,7 +348,9 @@ _HELD: dict[str, _Held] = {}
 _HELD_LOCK = threading.Lock()
 
 
-def _lease_body(holder: str, token: str, seconds: float) -> dict[str, Any]:
+def _lease_body(
+    holder: str, token: str, seconds: float, deps: tuple[str, ...] = ()
+) -> dict[str, Any]:
     now = time.time()
     return {
         "holder": holder,
@@ -341,14 +360,24 @@ def _lease_body(holder: str, token: str, seconds: float) -> dict[str, Any]:
         "pid_started": _MY_START,
         "acquired_at": now,
         "expires_at": now + seconds,
+        "deps": list(deps),  # the outputs the step reads (NAME-HASH): gc keeps them
     }
+
+
+def deps_of(current: dict[str, Any] | None) -> list[str]:
+    """The inputs a lease (as returned by `read`) says its step reads; [] if it lists none
+    (a lease of gc, or one written before leases listed inputs)."""
+    deps = (current or {}).get("deps")
+    if not isinstance(deps, list):
+        return []
+    return [dep for dep in deps if isinstance(dep, str)]
 
 
 def _renew_forever(held: _Held) -> None:
     backend = _backend(held.path)
     interval = held.seconds / 3
     while not held.stop.wait(interval):
-        body = _lease_body(held.holder, held.token, held.seconds)
+        body = _lease_body(held.holder, held.token, held.seconds, held.deps)
         try:
             renewed = backend.replace_if(held.path, held.token, body)
         except Exception as exc:  # keep trying until the lease would have expired anyway
@@ -364,14 +393,22 @@ def _renew_forever(held: _Held) -> None:
         held.expires_at = body["expires_at"]
 
 
-def try_acquire(lease_path: str, holder: str) -> bool:
-    """Take the lease if it is free, expired or held by a dead local process."""
+def try_acquire(lease_path: str, holder: str, deps: Iterable[str] = ()) -> bool:
+    """Take the lease if it is free, expired or held by a dead local process. `deps`: the
+    outputs (NAME-HASH) the step reads; the lease lists them for as long as it is held."""
     seconds = lease_seconds()
     token = uuid.uuid4().hex
-    body = _lease_body(holder, token, seconds)
+    deps = tuple(deps)
+    body = _lease_body(holder, token, seconds, deps)
+    size = len(json.dumps(body).encode())
+    if size > MAX_LEASE_FILE_BYTES:
+        raise LeaseTooLargeError(
+            f"lease {lease_path} would be {size} bytes with its {len(deps)} inputs listed "
+            f"(at most {MAX_LEASE_FILE_BYTES}); split the step's inputs over several steps"
+        )
     if not _backend(lease_path).replace_if(lease_path, None, body, only_if_free=True):
         return False
-    held = _Held(lease_path, holder, token, seconds, body["expires_at"])
+    held = _Held(lease_path, holder, token, seconds, body["expires_at"], deps)
     with _HELD_LOCK:
         _HELD[lease_path] = held
     threading.Thread(

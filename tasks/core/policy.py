@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -34,6 +35,10 @@ def _refreshing() -> bool:
 
 
 WAIT_REPORT_SECONDS = 60.0
+
+
+class MissingInputError(ValueError):
+    """An input of a step that is about to run is no longer committed (gc deleted it)."""
 
 
 class LeaseLockManager(LockManager):
@@ -77,16 +82,52 @@ class LeaseLockManager(LockManager):
             raise ValueError(f"{key!r} is not an lmflows commit key")
         if lease.holds(lease_path, holder):
             return True
-        if _refreshing():
-            return self._poll(
-                lambda: lease.try_acquire(lease_path, holder), acquire_timeout, lease_path
-            )
-        # Double-checked: a committed step needs no lease (Prefect will serve it Cached).
-        return self._poll(
-            lambda: self._committed(key) or lease.try_acquire(lease_path, holder),
-            acquire_timeout,
-            lease_path,
-        )
+        deps = _step_deps(key)
+        refreshing = _refreshing()
+
+        def take() -> bool:
+            return lease.try_acquire(lease_path, holder, deps)
+
+        # Double-checked: a committed step needs no lease (Prefect will serve it Cached);
+        # --force takes the lease whatever is committed.
+        done = take if refreshing else (lambda: self._committed(key) or take())
+        if not self._poll(done, acquire_timeout, lease_path):
+            return False
+        if deps and lease.holds(lease_path, holder) and (refreshing or not self._committed(key)):
+            try:
+                self._check_inputs(key, deps, acquire_timeout)
+            except BaseException:
+                # Prefect's transaction never started: nobody else would release the lease.
+                lease.release(lease_path, holder)
+                raise
+        return True
+
+    def _check_inputs(self, key: str, deps: list[str], timeout: float | None) -> None:
+        """With this step's lease (listing `deps`) taken and its body not started: every
+        input must still be committed, else MissingInputError.
+
+        This closes the race with `gc` (flows/gc.py `delete`): gc removes an output's commit
+        record under that output's lease, *then* scans the live leases for one listing it,
+        and restores the record if it finds one. This step wrote its lease *before* reading
+        its inputs' records here. So either gc's scan sees this lease (and keeps the input),
+        or this check sees the record gone; while gc still holds the input's lease the
+        record may come back, so wait for that lease to be free and look again."""
+        prefix = storage.current_prefix()
+        for dep in _uncommitted(deps, prefix):
+            dep_lease = storage.lease_path(dep, prefix)
+            missing: list[str] = []
+
+            def settled(dep: str = dep, dep_lease: str = dep_lease, missing=missing) -> bool:
+                if records.read_commit(dep, prefix) is not None:
+                    return True
+                if lease.is_live(lease.read(dep_lease)):
+                    return False  # gc deciding, or a run re-committing it: wait
+                if records.read_commit(dep, prefix) is None:  # put back before it let go?
+                    missing.append(dep)
+                return True
+
+            if not self._poll(settled, timeout, dep_lease) or missing:
+                raise _missing_input(dep, key)
 
     async def aacquire_lock(
         self,
@@ -122,6 +163,43 @@ class LeaseLockManager(LockManager):
         from prefect.utilities.asyncutils import run_sync_in_worker_thread
 
         return await run_sync_in_worker_thread(self.wait_for_lock, key, timeout)
+
+
+def _uncommitted(deps: list[str], prefix: str, workers: int = 32) -> list[str]:
+    """The inputs without a valid commit record now; remote prefixes are read in parallel
+    (a step over many inputs must not pay one round trip after another)."""
+    if storage.is_local(prefix) or len(deps) < 2:
+        return [dep for dep in deps if records.read_commit(dep, prefix) is None]
+    with ThreadPoolExecutor(max_workers=min(workers, len(deps))) as pool:
+        found = list(pool.map(lambda dep: records.read_commit(dep, prefix), deps))
+    return [dep for dep, ref in zip(deps, found) if ref is None]
+
+
+def _missing_input(dep: str, key: str) -> MissingInputError:
+    step = storage.name_with_hash_of_key(key)
+    return MissingInputError(
+        f"input {dep} of step {step} is no longer committed (deleted by gc?); "
+        "run again to recompute it"
+    )
+
+
+def _step_deps(key: str) -> list[str]:
+    """The inputs (NAME-HASH, sorted) of the step whose task run is taking the lease of
+    `key`, from the run's parameters (the identity is memoised per task run); [] outside a
+    step's task run."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    definition = getattr(ctx.task, "definition", None) if ctx is not None else None
+    if not isinstance(definition, StepDefinition):
+        return []
+    try:
+        identity = definition.identify_in_run(dict(ctx.parameters or {}))
+    except (ValueError, TypeError):
+        return []
+    if storage.commit_key(identity.name_with_hash) != key:
+        return []
+    return list(identity.deps)
 
 
 def _report_wait(lease_path: str) -> None:
