@@ -111,9 +111,31 @@ SLOW_MODULES = {
 }
 
 
+# Single tests of fast modules that take many seconds (real processes paused, killed or
+# waiting out leases; many command-line runs): the full tier's.
+SLOW_TESTS = (
+    "test_cli.py::test_run_then_plan_status_and_force",
+    "test_cli.py::test_force_and_step_are_repeatable_and_each_glob_is_checked",
+    "test_cli_cache.py::test_gc_lists_unreachable_outputs",
+    "test_concurrency.py::test_a_step_longer_than_several_leases_lives_on_renewal_alone",
+    "test_concurrency.py::test_expired_lease_of_another_host_is_taken_over_after_expiry",
+    "test_concurrency.py::test_a_holder_that_lost_its_lease_fails_instead_of_committing",
+    "test_gc_inputs.py::",
+    "test_hostile.py::test_malformed_files_are_misses_and_never_crash_a_command",
+    "test_hostile.py::test_dangling_links_inside_an_output_do_not_break_the_commands",
+    "test_hostile.py::test_a_step_waiting_on_a_live_lease_says_whose_and_until_when",
+    "test_hostile.py::test_ctrl_c_",
+    "test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",
+    "test_resume.py::",
+)
+
+
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        where = item.nodeid.rsplit("/", 1)[-1]
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or where.startswith(
+            SLOW_TESTS
+        ):
             item.add_marker(pytest.mark.slow)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,11 +120,12 @@ class LeaseLockManager(LockManager):
             missing: list[str] = []
 
             def settled(dep: str = dep, dep_lease: str = dep_lease, missing=missing) -> bool:
-                if records.read_commit(dep, prefix) is not None:
+                if records.read_commit(dep, prefix, remember=False) is not None:
                     return True
                 if lease.is_live(lease.read(dep_lease)):
                     return False  # gc deciding, or a run re-committing it: wait
-                if records.read_commit(dep, prefix) is None:  # put back before it let go?
+                # put back before it let go?
+                if records.read_commit(dep, prefix, remember=False) is None:
                     missing.append(dep)
                 return True
 
@@ -169,9 +172,9 @@ def _uncommitted(deps: list[str], prefix: str, workers: int = 32) -> list[str]:
     """The inputs without a valid commit record now; remote prefixes are read in parallel
     (a step over many inputs must not pay one round trip after another)."""
     if storage.is_local(prefix) or len(deps) < 2:
-        return [dep for dep in deps if records.read_commit(dep, prefix) is None]
+        return [dep for dep in deps if records.read_commit(dep, prefix, remember=False) is None]
     with ThreadPoolExecutor(max_workers=min(workers, len(deps))) as pool:
-        found = list(pool.map(lambda dep: records.read_commit(dep, prefix), deps))
+        found = list(pool.map(lambda dep: records.read_commit(dep, prefix, remember=False), deps))
     return [dep for dep, ref in zip(deps, found) if ref is None]
 
 
@@ -183,23 +186,26 @@ def _missing_input(dep: str, key: str) -> MissingInputError:
     )
 
 
-def _step_deps(key: str) -> list[str]:
-    """The inputs (NAME-HASH, sorted) of the step whose task run is taking the lease of
-    `key`, from the run's parameters (the identity is memoised per task run); [] outside a
-    step's task run."""
-    from prefect.context import TaskRunContext
+# Commit key -> the inputs (NAME-HASH) of the step whose identity produced it, noted by the
+# cache policy when it computes the key (just before Prefect takes the lease). Bounded.
+_DEPS: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()
+_DEPS_SIZE = 4096
+_DEPS_LOCK = threading.Lock()
 
-    ctx = TaskRunContext.get()
-    definition = getattr(ctx.task, "definition", None) if ctx is not None else None
-    if not isinstance(definition, StepDefinition):
-        return []
-    try:
-        identity = definition.identify_in_run(dict(ctx.parameters or {}))
-    except (ValueError, TypeError):
-        return []
-    if storage.commit_key(identity.name_with_hash) != key:
-        return []
-    return list(identity.deps)
+
+def _note_deps(key: str, deps: tuple[str, ...] | list[str]) -> None:
+    with _DEPS_LOCK:
+        _DEPS[key] = tuple(deps)
+        _DEPS.move_to_end(key)
+        while len(_DEPS) > _DEPS_SIZE:
+            _DEPS.popitem(last=False)
+
+
+def _step_deps(key: str) -> list[str]:
+    """The inputs (NAME-HASH, sorted) of the step taking the lease of `key`, as its cache
+    policy noted them; [] for keys it never computed (gc's own leases)."""
+    with _DEPS_LOCK:
+        return list(_DEPS.get(key, ()))
 
 
 def _report_wait(lease_path: str) -> None:
@@ -239,4 +245,6 @@ class StepCachePolicy(CachePolicy):
             # the step body checks the same arguments first and fails the run with the
             # error. (Raising here would only make Prefect log it and run uncached.)
             return None
-        return storage.commit_key(identity.name_with_hash)
+        key = storage.commit_key(identity.name_with_hash)
+        _note_deps(key, identity.deps)
+        return key

@@ -135,8 +135,12 @@ def forget(path: str) -> None:
     _VALIDATED.pop(path, None)
 
 
-def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | None:
-    """The committed StepRef of an output, None if there is none; warns on a bad record."""
+def read_commit(
+    name_with_hash: str, prefix: str | None = None, remember: bool = True
+) -> StepRef | None:
+    """The committed StepRef of an output, None if there is none; warns on a bad record.
+    `remember=False`: a look that is not followed by Prefect's reads of the same record (a
+    consumer checking its inputs), so nothing is kept for them."""
     path = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
     try:
         content = storage.read_bytes(path)
@@ -151,7 +155,8 @@ def read_commit(name_with_hash: str, prefix: str | None = None) -> StepRef | Non
     except UnsafeRecordError as exc:
         warn_bad_record(exc)
         return None
-    _remember(path, content)
+    if remember:
+        _remember(path, content)
     return ref
 
 
