@@ -434,6 +434,20 @@ MUTANTS += [
         ("tests/test_train_done.py",),
     ),
     Mutant(
+        "gc deletes an input a running step reads",
+        "flows/gc.py",
+        "        consumers = consumers_of(name_with_hash, prefix)",
+        "        consumers = []",
+        ("tests/test_gc_inputs.py",),
+    ),
+    Mutant(
+        "a step runs on an input gc deleted",
+        "tasks/core/policy.py",
+        "                self._check_inputs(key, deps, acquire_timeout)",
+        "                pass",
+        ("tests/test_gc_inputs.py",),
+    ),
+    Mutant(
         "a cut metrics row is kept",
         "tasks/lm/tracker.py",
         "        if content and not content.endswith(b\"\\n\"):",
