@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tiny as shared
+
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(
-    hidden_dim=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=2,
-    intermediate_dim=64,
-    seq_len=32,
-    batch_size=8,
-    num_train_steps=2,
-    learning_rate=1e-2,
-    steps_per_eval=100,
-    max_eval_batches=1,
-)
+# The shared tiny model's shape (tests/helpers/tiny.py), shorter: 2 steps of 32 tokens.
+TINY = dict(shared.TINY, seq_len=32, num_train_steps=2, max_eval_batches=1)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -91,6 +92,8 @@ def main(fd: int) -> int:
     from tasks.core import artifacts, isolation, provenance
     from tasks.core.identity import to_plain
 
+    # The sync Prefect client of the task run context meets a new event loop here: expected.
+    warnings.filterwarnings("ignore", message="alru_cache detected event loop change")
     stdin = sys.stdin.buffer
     conn = Connection(fd)
     payload = isolation.read_payload(stdin)
