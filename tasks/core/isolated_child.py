@@ -65,10 +65,12 @@ def task_run_context(step: Any, payload: dict[str, Any]) -> Iterator[None]:
     from prefect.results import ResultStore
 
     setup_logging()
+    task_run = TaskRun.model_validate(payload["task_run"])
+    _link_to_flow_run(task_run.flow_run_id)
     with get_client(sync_client=True) as client:
         context = TaskRunContext(
             task=step,
-            task_run=TaskRun.model_validate(payload["task_run"]),
+            task_run=task_run,
             log_prints=payload.get("log_prints", False),
             parameters={},
             result_store=ResultStore(),
@@ -79,6 +81,20 @@ def task_run_context(step: Any, payload: dict[str, Any]) -> Iterator[None]:
                 yield
             finally:
                 _flush_api_logs()
+
+
+def _link_to_flow_run(flow_run_id: Any) -> None:
+    """Prefect finds the flow run of an artifact (or an event) in a FlowRunContext, which
+    this process does not have (rebuilding one would need the flow and its task runner):
+    answer with the task run's own flow run instead of None."""
+    import prefect.utilities.context as run_ids
+
+    found = run_ids.get_flow_run_id
+
+    def of_the_task_run() -> Any:
+        return found() or flow_run_id
+
+    run_ids.get_flow_run_id = of_the_task_run
 
 
 def _flush_api_logs() -> None:
