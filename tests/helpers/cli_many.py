@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
+import tempfile
 import traceback
 
 
@@ -17,17 +19,27 @@ def main() -> None:
 
     results = []
     for argv in json.loads(sys.argv[1]):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        out = io.StringIO()
+        # stderr at the descriptor: logging handlers hold the original stream object.
+        with tempfile.TemporaryFile() as err, contextlib.redirect_stdout(out):
+            saved = os.dup(2)
+            sys.stderr.flush()
+            os.dup2(err.fileno(), 2)
             try:
                 code = cli(argv)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 2
             except BaseException:  # noqa: BLE001 - what a user would have seen
-                err.write(traceback.format_exc())
+                sys.stderr.write(traceback.format_exc())
                 code = 1
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
         results.append({"argv": argv, "returncode": code, "stdout": out.getvalue(),
-                        "stderr": err.getvalue()})  # fmt: skip
+                        "stderr": stderr})  # fmt: skip
     print(json.dumps(results))
 
 
