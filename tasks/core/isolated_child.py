@@ -98,10 +98,11 @@ def _link_to_flow_run(flow_run_id: Any) -> None:
 
 
 def _flush_api_logs() -> None:
+    """Send the logs still queued for the API before this process ends (os._exit)."""
     with contextlib.suppress(Exception):
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        APILogWorker.drain_all(timeout=5)
 
 
 def main(fd: int) -> int:
