@@ -200,18 +200,6 @@ def test_a_ray_worker_killed_mid_step_is_retried_and_commits_once(ray_head, tmp_
     assert not list((tmp_path / "out" / ".lmflows" / "staging").glob("*/*"))  # nothing left
 
 
-def test_a_local_prefix_on_a_multi_node_cluster_is_refused(ray_head, tmp_path):
-    """Runs last: it adds a second node to the module's cluster."""
-    joined = _ray("start", f"--address={ray_head}", "--num-cpus=1", "--disable-usage-stats")
-    assert joined.returncode == 0, joined.stdout + joined.stderr
-    deadline = time.monotonic() + 60
-    code, output = finish(run_on(ray_head, "tests/data/concurrent_experiment.py", tmp_path))
-    assert time.monotonic() < deadline + 120
-    assert code != 0
-    assert "the Ray cluster has 2 nodes but the prefix" in output, output[-3000:]
-    assert not list(tmp_path.glob("t/*"))
-
-
 EXTERNAL_EXPERIMENT = '''
 """A user's experiment outside the repository, with steps of its own."""
 import os
@@ -255,3 +243,16 @@ def test_an_experiment_file_outside_the_repository_runs_on_ray(ray_head, tmp_pat
     ray_worker = json.loads((copied / ".lmflows/provenance.json").read_text())["pid"]
     body = describe(f"ext/{copied.name}", str(tmp_path / "out"))["metadata"]
     assert body["pid"] != ray_worker and body["parent"] == ray_worker, (body, ray_worker)
+
+
+# Last: it adds a second node to the module's cluster.
+def test_a_local_prefix_on_a_multi_node_cluster_is_refused(ray_head, tmp_path):
+    """Runs last: it adds a second node to the module's cluster."""
+    joined = _ray("start", f"--address={ray_head}", "--num-cpus=1", "--disable-usage-stats")
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    deadline = time.monotonic() + 60
+    code, output = finish(run_on(ray_head, "tests/data/concurrent_experiment.py", tmp_path))
+    assert time.monotonic() < deadline + 120
+    assert code != 0
+    assert "the Ray cluster has 2 nodes but the prefix" in output, output[-3000:]
+    assert not list(tmp_path.glob("t/*"))
