@@ -25,6 +25,18 @@ def _read(path: str) -> str:
         return handle.read()
 
 
+def ready_then_wait_for_release(seconds: float, poll: float = 0.1) -> None:
+    """Write this pid to the file LMFLOWS_TEST_READY names, then wait until the file
+    LMFLOWS_TEST_RELEASE exists (at most `seconds`): a test's handshake with a step body."""
+    ready = os.environ.get("LMFLOWS_TEST_READY")
+    if ready:
+        Path(ready).write_text(str(os.getpid()))
+    release = os.environ.get("LMFLOWS_TEST_RELEASE")
+    deadline = time.time() + seconds
+    while release and not os.path.exists(release) and time.time() < deadline:
+        time.sleep(poll)
+
+
 def _log(label: str) -> None:
     log = os.environ.get("LMFLOWS_TEST_LOG")
     if log:
@@ -79,13 +91,7 @@ def blocker(label: str, *, output_path: str) -> dict:
     """Writes a partial file, says it is ready, then waits for a release file (or 600 s)."""
     _log(f"blocker-{label}")
     _write(f"{output_path}/partial.txt", f"attempt by {os.getpid()}")
-    ready = os.environ.get("LMFLOWS_TEST_READY")
-    if ready:
-        Path(ready).write_text(str(os.getpid()))
-    release = os.environ.get("LMFLOWS_TEST_RELEASE")
-    deadline = time.time() + 600
-    while release and not os.path.exists(release) and time.time() < deadline:
-        time.sleep(0.1)
+    ready_then_wait_for_release(600)
     _write(f"{output_path}/done.txt", f"finished by {os.getpid()}")
     return {"pid": os.getpid()}
 
