@@ -40,6 +40,13 @@ os.environ.update(
         "RAY_AUTH_MODE": "disabled",
         "WANDB_MODE": "disabled",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        # One persistent XLA compile cache for the session, inherited by every step's worker
+        # process: the suite's trainings share a handful of tiny shapes, and each fresh process
+        # would otherwise compile them again (measured: 63 s -> 50 s for the tiny experiment).
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(_HOME, "jax-cache"),
+        # A size bound turns on jax's file lock around each read and write: steps that run
+        # side by side never read an entry another process is still writing.
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 * 1024**3),
     }
 )
 os.environ.pop("LMFLOWS_PREFIX", None)
@@ -133,9 +140,8 @@ SLOW_TESTS = (
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         where = item.nodeid.rsplit("/", 1)[-1]
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or where.startswith(
-            SLOW_TESTS
-        ):
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or where.startswith(SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
 
 
