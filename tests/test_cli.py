@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,20 @@ from tests.conftest import run_python
 
 def flows_cli(*args: str, env: dict | None = None, timeout: float = 240):
     return run_python(["-m", "flows", *args], env=env, timeout=timeout)
+
+
+def flows_cli_many(*commands: list[str] | dict, timeout: float = 240) -> list:
+    """Several `python -m flows` commands in one process (tests/helpers/cli_many.py): each
+    one's result as `flows_cli` gives it. For the tests that run many read-only commands,
+    where a process per command (~1 s of imports) is most of the test."""
+    ran = run_python(["-m", "tests.helpers.cli_many", json.dumps(list(commands))], timeout=timeout)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    results = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert len(results) == len(commands)
+    return [
+        subprocess.CompletedProcess(r["argv"], r["returncode"], r["stdout"], r["stderr"])
+        for r in results
+    ]
 
 
 def snapshot(root: Path) -> dict[str, float]:

@@ -9,7 +9,7 @@ import pytest
 
 from flows.loader import available_experiments
 from tasks.core import lease, storage
-from tests.test_cli import flows_cli, snapshot
+from tests.test_cli import flows_cli, flows_cli_many, snapshot
 
 
 def _err_line(result) -> str:
@@ -23,14 +23,16 @@ def _err_line(result) -> str:
 
 def test_param_values_are_json_else_strings_and_change_identities(tmp_path):
     prefix = str(tmp_path / "out")
-    default = flows_cli("plan", "toy", "--prefix", prefix)
-    same = flows_cli("plan", "toy", "--param", "n=1000", "--param", "factor=2", "--prefix", prefix)
-    other = flows_cli("plan", "toy", "--param", "n=7", "--prefix", prefix)
+    default, same, other, words = flows_cli_many(
+        ["plan", "toy", "--prefix", prefix],
+        ["plan", "toy", "--param", "n=1000", "--param", "factor=2", "--prefix", prefix],
+        ["plan", "toy", "--param", "n=7", "--prefix", prefix],
+        ["plan", "tests/data/needs_param.py", "--param", "text=hello world"],
+    )
     assert default.returncode == same.returncode == other.returncode == 0, other.stderr
     # factor=2 is coerced to the flow's float 2.0 exactly as a run would: same identities
     assert default.stdout.splitlines()[:-1] == same.stdout.splitlines()[:-1]
     assert default.stdout.splitlines()[1] != other.stdout.splitlines()[1]
-    words = flows_cli("plan", "tests/data/needs_param.py", "--param", "text=hello world")
     assert words.returncode == 0, words.stderr
     assert "1 steps (1 missing)" in words.stdout
 
@@ -198,23 +200,17 @@ def test_there_are_experiments_to_plan():
 
 
 def test_lr_sweep_plans_one_training_per_learning_rate(tmp_path):
-    result = flows_cli("plan", "lr_sweep", "--prefix", str(tmp_path / "p"))
+    prefix = str(tmp_path / "p")
+    result, one, close = flows_cli_many(
+        ["plan", "lr_sweep", "--prefix", prefix],
+        ["plan", "lr_sweep", "--param", "learning_rates=[0.02]", "--prefix", prefix],
+        # two rates that print alike in the step name (0.001): only the hash tells them apart
+        ["plan", "lr_sweep", "--param", "learning_rates=[0.001, 0.0010000001]", "--prefix", prefix],
+    )
     trainings = [ln.split()[0] for ln in result.stdout.splitlines() if ln.startswith("checkpo")]
     assert len(set(trainings)) == 3
-    one = flows_cli(
-        "plan", "lr_sweep", "--param", "learning_rates=[0.02]", "--prefix", str(tmp_path / "p")
-    )
     assert [ln for ln in one.stdout.splitlines() if ln.startswith("checkpoints/")][0].startswith(
         "checkpoints/sweep-kjv-lr0.02-"
-    )
-    # two rates that print alike in the step name (0.001): only the hash tells them apart
-    close = flows_cli(
-        "plan",
-        "lr_sweep",
-        "--param",
-        "learning_rates=[0.001, 0.0010000001]",
-        "--prefix",
-        str(tmp_path / "p"),
     )
     trainings = [ln.split()[0] for ln in close.stdout.splitlines() if ln.startswith("checkpo")]
     assert len(trainings) == 2 and len(set(trainings)) == 2, close.stdout
@@ -227,18 +223,21 @@ def test_plan_hashes_the_parameter_values_a_run_uses(tmp_path):
     prefix = str(tmp_path / "out")
     run = flows_cli("run", "tests/data/float_default.py", "--prefix", prefix)
     assert run.returncode == 0, run.stderr[-3000:]
-    plan = flows_cli("plan", "tests/data/float_default.py", "--prefix", prefix)
-    assert "2 steps (2 committed)" in plan.stdout, plan.stdout
-    text = flows_cli(
-        "plan", "tests/data/float_default.py", "--param", "text=123", "--prefix", prefix
+    plan, text, twice = flows_cli_many(
+        ["plan", "tests/data/float_default.py", "--prefix", prefix],
+        ["plan", "tests/data/float_default.py", "--param", "text=123", "--prefix", prefix],
+        ["plan", "toy", "--param", "n=1", "--param", "n=2", "--prefix", prefix],
     )
+    assert "2 steps (2 committed)" in plan.stdout, plan.stdout
     assert text.returncode == 0, text.stderr  # a str parameter takes the text as it is
-    twice = flows_cli("plan", "toy", "--param", "n=1", "--param", "n=2", "--prefix", prefix)
     assert twice.returncode == 2 and "--param n is given twice" in twice.stderr
 
 
 def test_explain_on_an_empty_prefix_names_the_new_steps_as_roots(tmp_path):
-    result = flows_cli("explain", "toy", "--prefix", str(tmp_path / "empty"))
+    result, none = flows_cli_many(
+        ["explain", "toy", "--prefix", str(tmp_path / "empty")],
+        ["explain", "toy", "--step", "nomatch*", "--prefix", str(tmp_path / "e")],
+    )
     assert result.returncode == 0, result.stderr
     heads = {ln.split(":")[0]: ln for ln in result.stdout.splitlines() if not ln.startswith(" ")}
     numbers = next(k for k in heads if k.startswith("toy/numbers-"))
@@ -247,7 +246,6 @@ def test_explain_on_an_empty_prefix_names_the_new_steps_as_roots(tmp_path):
         assert "root cause: no committed output named" in heads[root]
     summary = next(k for k in heads if k.startswith("toy/summary-"))
     assert heads[summary].endswith(f"root: {numbers}, {words}")
-    none = flows_cli("explain", "toy", "--step", "nomatch*", "--prefix", str(tmp_path / "e"))
     assert none.returncode == 2 and "--step nomatch* matches no step" in none.stderr
 
 

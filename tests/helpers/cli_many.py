@@ -1,7 +1,8 @@
 """`python -m tests.helpers.cli_many '[ARGV, ...]'`: several `python -m flows` commands in one
-process (one interpreter start instead of one per command), each one's exit code, stdout and
-stderr printed as one JSON list. The tests that read damaged prefixes run six commands per case.
-Signal handlers and settings are the command line's own; the commands share nothing else."""
+process (one interpreter start instead of one per command, ~1 s each), each one's exit code,
+stdout and stderr printed as one JSON list. An item may also be `{"argv": [...], "env": {...}}`:
+those variables are set for that command only. Signal handlers and settings are the command
+line's own; the commands share nothing else."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ def main() -> None:
     from flows.cli import main as cli
 
     results = []
-    for argv in json.loads(sys.argv[1]):
+    for item in json.loads(sys.argv[1]):
+        argv, env = (item["argv"], item.get("env", {})) if isinstance(item, dict) else (item, {})
+        saved_env = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
         out = io.StringIO()
         # stderr at the descriptor: logging handlers hold the original stream object.
         with tempfile.TemporaryFile() as err, contextlib.redirect_stdout(out):
@@ -36,6 +40,11 @@ def main() -> None:
                 sys.stderr.flush()
                 os.dup2(saved, 2)
                 os.close(saved)
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
             err.seek(0)
             stderr = err.read().decode("utf-8", "replace")
         results.append({"argv": argv, "returncode": code, "stdout": out.getvalue(),
