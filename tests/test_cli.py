@@ -111,24 +111,24 @@ def test_run_a_flow_file_by_path(tmp_path):
     assert json.loads((derived / "data.json").read_text()) == [v * 7 for v in range(6)]
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["run", "no_such_experiment"], "unknown experiment 'no_such_experiment' (available:"),
-        (["plan", "missing/file.py"], "experiment file missing/file.py does not exist"),
-        (["run", "tests/data/two_flows.py"], "exactly one Prefect flow at module level; found 2"),
-        (["plan", "tests/data/no_flow.py"], "found 0"),
-        (["plan", "toy", "--prefix", "nosuchfs://bucket/x"], "unknown or unavailable filesystem"),
-        (["status", "--prefix", "gs://"], "names no bucket"),
-        (["run", "toy", "--prefix", "/proc/forbidden/x"], "is not writable"),
-    ],
-)
-def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, message, tmp_path):
-    result = flows_cli(*args)
-    assert result.returncode != 0
-    err = result.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lmflows: error:"), result.stderr[-2000:]
-    assert message in err[0]
+BAD_INPUTS = [
+    (["run", "no_such_experiment"], "unknown experiment 'no_such_experiment' (available:"),
+    (["plan", "missing/file.py"], "experiment file missing/file.py does not exist"),
+    (["run", "tests/data/two_flows.py"], "exactly one Prefect flow at module level; found 2"),
+    (["plan", "tests/data/no_flow.py"], "found 0"),
+    (["plan", "toy", "--prefix", "nosuchfs://bucket/x"], "unknown or unavailable filesystem"),
+    (["status", "--prefix", "gs://"], "names no bucket"),
+    (["run", "toy", "--prefix", "/proc/forbidden/x"], "is not writable"),
+]
+
+
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit():
+    commands = [args for args, _ in BAD_INPUTS]
+    for (args, message), result in zip(BAD_INPUTS, flows_cli_many(*commands)):
+        assert result.returncode != 0, args
+        err = result.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("lmflows: error:"), (args, result.stderr[-2000:])
+        assert message in err[0], args
 
 
 def test_lease_seconds_must_be_a_positive_number(tmp_path):

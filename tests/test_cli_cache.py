@@ -37,25 +37,25 @@ def test_param_values_are_json_else_strings_and_change_identities(tmp_path):
     assert "1 steps (1 missing)" in words.stdout
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["plan", "toy", "--param", "nope=1"], "flow 'toy' has no parameter nope (parameters: n"),
-        (["run", "toy", "--param", "n"], "--param 'n': expected KEY=VALUE"),
-        (["plan", "toy", "--param", "n=abc"], "n: Input should be a valid integer"),
-        (["plan", "tests/data/needs_param.py"], "needs parameter text: add --param text=VALUE"),
-        (["explain", "tests/data/needs_param.py"], "needs parameter text"),
-        (["run", "toy", "--force", "train/*"], "--force train/* matches no step of the plan"),
-        (["plan", "toy", "--force", "toy/numbers", "nomatch*"], "its steps are: toy/numbers, "),
-    ],
-)
-def test_bad_params_and_idle_force_globs_are_one_line_and_nothing_runs(args, message, tmp_path):
+BAD_PARAMS = [
+    (["plan", "toy", "--param", "nope=1"], "flow 'toy' has no parameter nope (parameters: n"),
+    (["run", "toy", "--param", "n"], "--param 'n': expected KEY=VALUE"),
+    (["plan", "toy", "--param", "n=abc"], "n: Input should be a valid integer"),
+    (["plan", "tests/data/needs_param.py"], "needs parameter text: add --param text=VALUE"),
+    (["explain", "tests/data/needs_param.py"], "needs parameter text"),
+    (["run", "toy", "--force", "train/*"], "--force train/* matches no step of the plan"),
+    (["plan", "toy", "--force", "toy/numbers", "nomatch*"], "its steps are: toy/numbers, "),
+]
+
+
+def test_bad_params_and_idle_force_globs_are_one_line_and_nothing_runs(tmp_path):
     prefix = tmp_path / "out"
-    result = flows_cli(*args, "--prefix", str(prefix))
-    assert result.returncode == 2
-    line = _err_line(result)
-    assert line.startswith("lmflows: error:") and message in line
-    assert not prefix.exists()
+    commands = [[*args, "--prefix", str(prefix)] for args, _ in BAD_PARAMS]
+    for (args, message), result in zip(BAD_PARAMS, flows_cli_many(*commands)):
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        line = _err_line(result)
+        assert line.startswith("lmflows: error:") and message in line, (args, line)
+        assert not prefix.exists()
 
 
 # --- explain ---------------------------------------------------------------------------------

@@ -302,6 +302,9 @@ def test_dangling_links_inside_an_output_do_not_break_the_commands(prefix):
 # --- 6. one line for every bad command ----------------------------------------------------------
 
 
+COMMANDS_OF_EXPERIMENTS = ["run", "plan", "explain", "verify"]
+
+
 @pytest.mark.parametrize(
     "experiment, message",
     [
@@ -314,16 +317,17 @@ def test_dangling_links_inside_an_output_do_not_break_the_commands(prefix):
         ("tests/data/needs_param.py", "needs parameter text"),
     ],
 )
-@pytest.mark.parametrize("command", ["run", "plan", "explain", "verify"])
-def test_every_command_answers_a_bad_experiment_with_one_line(
-    experiment, message, command, tmp_path
-):
-    result = flows_cli(command, experiment, "--prefix", str(tmp_path / "o"))
-    assert result.returncode == 2, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lmflows: error:"), result.stderr[-2000:]
-    assert message in lines[0]
-    assert not (tmp_path / "o").exists()
+def test_every_command_answers_a_bad_experiment_with_one_line(experiment, message, tmp_path):
+    commands = [[c, experiment, "--prefix", str(tmp_path / "o")] for c in COMMANDS_OF_EXPERIMENTS]
+    for command, result in zip(commands, flows_cli_many(*commands)):
+        assert result.returncode == 2, (command, result.stdout)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lmflows: error:"), (
+            command,
+            result.stderr[-2000:],
+        )
+        assert message in lines[0], command
+        assert not (tmp_path / "o").exists()
 
 
 def test_ctrl_c_exits_130_with_one_line(prefix, tmp_path):
