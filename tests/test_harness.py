@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.api import final_task_states
+
 REPO = Path(__file__).resolve().parent.parent
 TASK = "kjv_completion"
 
@@ -168,25 +170,7 @@ def test_harness_eval_of_a_tiny_model(on_shared):
     again = tiny(return_state=True)
     assert again.is_completed()
     assert again.result()["harness"] == refs["harness"]
-    assert _task_states(again.state_details.flow_run_id) == ["Cached"] * 7
-
-
-def _task_states(flow_run_id) -> list[str]:
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 60
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            names = sorted(run.state.name for run in runs if run.state)
-            if len(names) >= 7 and "Running" not in names or time.monotonic() > deadline:
-                return names
-            time.sleep(0.5)
+    assert final_task_states(again.state_details.flow_run_id, 7) == ["Cached"] * 7
 
 
 def test_the_task_folder_enters_the_identity_by_content_not_spelling(tmp_path, monkeypatch):

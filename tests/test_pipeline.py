@@ -17,6 +17,7 @@ import pytest
 from prefect import flow
 
 from tests.conftest import REPO
+from tests.helpers.api import final_task_states
 
 KJV = REPO / "data" / "kjv"
 
@@ -148,27 +149,6 @@ def test_trained_tokenizer_loads_with_autotokenizer(tmp_path):
     assert tok.decode(tok(text)["input_ids"]) == text
 
 
-def _task_run_states(flow_run_id, expected: int) -> list[str]:
-    """Task-run states as the Prefect server recorded them (its services persist them from
-    events, so wait until all are terminal)."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 60
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            names = sorted(run.state.name for run in runs if run.state)
-            done = [n for n in names if n in ("Completed", "Cached", "Failed")]
-            if len(done) >= expected or time.monotonic() > deadline:
-                return names
-            time.sleep(0.5)
-
-
 def _independent_loss_and_bpb(refs: dict, seq_len: int) -> tuple[float, float]:
     """Loss and bits per byte of the trained model on the validation split, computed without
     levanter's evaluator: the HF export run by transformers' Flax Llama on the cache's token
@@ -219,7 +199,7 @@ def test_pipeline_end_to_end_then_all_cached(prefix, http_base, monkeypatch):
     state = pretrain(**params, return_state=True)
     assert state.is_completed(), state.message
     refs = state.result()
-    assert _task_run_states(state.state_details.flow_run_id, 6) == ["Completed"] * 6
+    assert final_task_states(state.state_details.flow_run_id, 6) == ["Completed"] * 6
 
     model = Path(refs["model"].path)
     rows = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
@@ -259,7 +239,7 @@ def test_pipeline_end_to_end_then_all_cached(prefix, http_base, monkeypatch):
     assert all(row["output"].startswith("file://") and row["bytes"] > 0 for row in steps)
 
     again = pretrain(**params, return_state=True)
-    assert _task_run_states(again.state_details.flow_run_id, 6) == ["Cached"] * 6
+    assert final_task_states(again.state_details.flow_run_id, 6) == ["Cached"] * 6
     assert again.result()["model"] == refs["model"]
     steps = json.loads(
         _watched(again.state_details.flow_run_id)["artifacts"]["steps-pretrain"].data

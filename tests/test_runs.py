@@ -16,6 +16,7 @@ from prefect.states import State
 from tasks.core import StepRef, set_force, storage
 from tests.conftest import calls
 from tests.helpers import steps
+from tests.helpers.api import final_task_runs
 
 
 @flow
@@ -96,29 +97,10 @@ def test_submit_map_with_options_tags_and_retries(prefix, call_log, monkeypatch)
     assert sorted(calls(call_log)) == sorted(
         ["source-1", "source-2", "source-3", "derive-5", "flaky-ok", "flaky-ok"]
     ), "the retry ran the step a second time, then everything was cached"
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = final_task_runs(state.state_details.flow_run_id, 5)
     flaky_runs = [r for r in runs if r.name.startswith("t/flaky/ok-")]
     assert [r.tags for r in flaky_runs] == [["x"]], "tags reach the server"
     assert flaky_runs[0].run_count == 2 and flaky_runs[0].state.name == "Completed"
-
-
-def _task_runs(flow_run_id):
-    """Task runs as the server recorded them (persisted from events: wait until terminal)."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 60
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            terminal = [r for r in runs if r.state and r.state.is_final()]
-            if len(terminal) >= 5 or time.monotonic() > deadline:
-                return runs
-            time.sleep(0.5)
 
 
 def test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tasks.lm import scaling_fit as fit
+from tests.helpers.api import final_task_runs
 
 # --- the arithmetic -------------------------------------------------------------------------
 
@@ -226,14 +227,12 @@ TOKENS_PER_STEP = 32 * 32
 
 
 def _task_states(flow_run_id) -> tuple[dict[str, str], dict]:
-    """The states of a flow run's task runs by name, and its artifacts by key."""
+    """The states of a flow run's 12 task runs by name (once final), and its artifacts by key."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    runs = final_task_runs(flow_run_id, 12)
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
         artifacts = client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
