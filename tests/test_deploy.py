@@ -93,7 +93,7 @@ def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tests.test_pipeline import _task_run_states
+    from tests.helpers.api import final_task_states
 
     prefect("work-pool", "create", "lmflows-local", "--type", "process", "--overwrite")
     prefect("deploy", "--all", "--prefect-file", "deploy/prefect.yaml", env={"PWD": str(REPO)})
@@ -104,9 +104,9 @@ def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path):
         assert [s.schedule.cron for s in latest.schedules] == ["0 4 * * *"]
     prefix = tmp_path / "out"
     first = _run_deployment("pretrain/pretrain", SMALL, prefix)
-    assert _task_run_states(uuid.UUID(first), 6) == ["Completed"] * 6
+    assert final_task_states(uuid.UUID(first), 6) == ["Completed"] * 6
     second = _run_deployment("pretrain/pretrain", SMALL, prefix)
-    assert _task_run_states(uuid.UUID(second), 6) == ["Cached"] * 6
+    assert final_task_states(uuid.UUID(second), 6) == ["Cached"] * 6
     with get_client(sync_client=True) as client:
         keyed = {
             a.key: a
@@ -135,4 +135,4 @@ def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path):
         {"experiment": "flows.pretrain", "parameters": parameters},
         prefix,
     )
-    assert _task_run_states(uuid.UUID(latest_run), 1) == ["Cached"]
+    assert final_task_states(uuid.UUID(latest_run), 1) == ["Cached"]

@@ -137,7 +137,7 @@ def test_sft_loss_falls_export_loads_and_rerun_is_cached(on_shared):
     from tasks.lm.report import read_metrics
     from tasks.lm.sft import DEFAULT_CHAT_TEMPLATE
     from tests.helpers import tiny as shared
-    from tests.test_pipeline import _task_run_states
+    from tests.helpers.api import final_task_states
 
     @flow(name="sft-tiny")
     def tiny() -> dict:
@@ -185,7 +185,7 @@ def test_sft_loss_falls_export_loads_and_rerun_is_cached(on_shared):
 
     again = tiny(return_state=True)
     assert again.is_completed(), again.message
-    states = _task_run_states(again.state_details.flow_run_id, 10)
+    states = final_task_states(again.state_details.flow_run_id, 10)
     assert states == ["Cached"] * 10, states
 
 
