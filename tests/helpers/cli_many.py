@@ -1,8 +1,8 @@
 """`python -m tests.helpers.cli_many '[ARGV, ...]'`: several `python -m flows` commands in one
 process (one interpreter start instead of one per command, ~1 s each), each one's exit code,
 stdout and stderr printed as one JSON list. An item may also be `{"argv": [...], "env": {...}}`:
-those variables are set for that command only. Signal handlers and settings are the command
-line's own; the commands share nothing else."""
+those variables are set for that command only, and each command's changes to the environment
+(`--prefix`) are undone after it. Signal handlers and settings are the command line's own."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def main() -> None:
     results = []
     for item in json.loads(sys.argv[1]):
         argv, env = (item["argv"], item.get("env", {})) if isinstance(item, dict) else (item, {})
-        saved_env = {key: os.environ.get(key) for key in env}
+        saved_env = dict(os.environ)  # restored whole: --prefix and --max-concurrent set it too
         os.environ.update(env)
         out = io.StringIO()
         # stderr at the descriptor: logging handlers hold the original stream object.
@@ -40,11 +40,8 @@ def main() -> None:
                 sys.stderr.flush()
                 os.dup2(saved, 2)
                 os.close(saved)
-                for key, value in saved_env.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+                os.environ.clear()
+                os.environ.update(saved_env)
             err.seek(0)
             stderr = err.read().decode("utf-8", "replace")
         results.append({"argv": argv, "returncode": code, "stdout": out.getvalue(),
