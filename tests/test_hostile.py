@@ -16,7 +16,7 @@ import pytest
 from prefect import flow
 
 from tasks.core import StepNameError, storage
-from tests.conftest import REPO, calls, run_python
+from tests.conftest import REPO, calls
 from tests.helpers import steps
 from tests.test_cli import flows_cli, flows_cli_many
 
@@ -448,20 +448,14 @@ def test_malformed_files_are_misses_and_never_crash_a_command(prefix, call_log, 
         ["verify"],
         ["explain", "tests/data/file_experiment.py"],
     ]
-    ran = run_python(
-        ["-m", "tests.helpers.cli_many", json.dumps([[*c, "--prefix", prefix] for c in commands])],
-        timeout=120,
-    )
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    results = json.loads(ran.stdout.strip().splitlines()[-1])
-    assert len(results) == len(commands)
+    results = flows_cli_many(*[[*c, "--prefix", prefix] for c in commands], timeout=120)
     for command, result in zip(commands, results):
-        assert "Traceback" not in result["stderr"], (command, result["stderr"][-2000:])
+        assert "Traceback" not in result.stderr, (command, result.stderr[-2000:])
         if damage == "sparse-3g" and command[0] == "status":  # refused by size, never read
-            assert f"has {3 << 30} bytes (at most {storage.MAX_RECORD_BYTES})" in result["stderr"]
-        code = result["returncode"]
-        assert code in (0, 1), (command, code, result["stderr"][-2000:])
-        assert not result["stderr"].startswith("lmflows: error:"), (command, result["stderr"])
+            assert f"has {3 << 30} bytes (at most {storage.MAX_RECORD_BYTES})" in result.stderr
+        code = result.returncode
+        assert code in (0, 1), (command, code, result.stderr[-2000:])
+        assert not result.stderr.startswith("lmflows: error:"), (command, result.stderr)
     again = pair()
     assert again["states"][0].name == "Completed", "the damaged output is recomputed"
     assert json.loads(Path(a.path, "data.json").read_text()) == [0, 1, 2]
