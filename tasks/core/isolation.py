@@ -5,9 +5,10 @@ switches, jax's config, matplotlib, logging handlers, `os.environ` and the worki
 are process-wide. Two steps that use them side by side in threads of one process corrupt each
 other (a clean-clone CI run failed with transformers' `AssistantTracker should not be reused`
 and silently wrong assistant masks). Finding and serialising such regions one race at a time
-does not end; a process per executed body does. Only an executed body pays for it (about a
-second to start Python and import the step's module): a committed step is served `Cached` by
-the task engine before any of this runs.
+does not end; a process per executed body does. Only an executed body pays for it: a
+committed step is served `Cached` by the task engine before any of this runs. The process is
+forked from a server that imported prefect, the step modules and levanter once
+(tasks/core/fork_server.py: a few milliseconds instead of 1 to 4 s of imports per body).
 
 The parent keeps everything of the framework's: the lease and its renewal, provenance, the
 manifest and the commit. The child gets the call's plain arguments and runs the body alone, in
@@ -37,11 +38,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tasks.core import lease
+from tasks.core import fork_server, lease
 
 WATCH_SECONDS = 0.25  # how often the parent looks at its lease while a body runs
 KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
-CHILD_MODULE = "tasks.core.isolated_child"
 
 
 class StepProcessDied(RuntimeError):
@@ -69,13 +69,7 @@ def run_in_child(definition: Any, kwargs: dict[str, Any], lease_path: str, label
     payload = _payload(definition, kwargs, lease_path, label)
     read_fd, write_fd = os.pipe()
     try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE, str(write_fd)],
-            stdin=subprocess.PIPE,
-            pass_fds=(write_fd,),
-            env=_child_environment(),
-            start_new_session=True,  # its own process group: killed as a whole
-        )
+        child = fork_server.start_child(write_fd, _child_environment())
     finally:
         os.close(write_fd)
     messages = Connection(read_fd)
@@ -189,7 +183,7 @@ def _lease_still_ours(lease_path: str) -> bool:
     return True
 
 
-def _stop(child: subprocess.Popen) -> None:
+def _stop(child: subprocess.Popen | fork_server.ForkedChild) -> None:
     """End the child's process group: SIGTERM, then SIGKILL."""
     if child.stdin is not None:
         with contextlib.suppress(OSError):
@@ -206,7 +200,7 @@ def _stop(child: subprocess.Popen) -> None:
             continue
 
 
-def _died(child: subprocess.Popen, label: str) -> StepProcessDied:
+def _died(child: subprocess.Popen | fork_server.ForkedChild, label: str) -> StepProcessDied:
     try:
         code = child.wait(timeout=KILL_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
