@@ -42,6 +42,43 @@ def test_an_isolated_body_runs_in_a_process_of_its_own_and_cached_runs_start_non
     assert sorted(calls(call_log)) == ["body-3", "body-4"], "a cached step starts no worker"
 
 
+def test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server(
+    prefix, capfd, tmp_path, monkeypatch
+):
+    """Bodies are forked from a preloaded server (tasks/core/fork_server.py): each still gets
+    the environment, working directory and stdout of its call, not the server's nor an
+    earlier body's; a killed server is replaced; a killed body is reported as such."""
+    from tasks.core import flow
+    from tests.helpers.steps import isolated_env
+
+    @flow
+    def one(label: str, die: bool = False):
+        return isolated_env(label=label, die=die)
+
+    monkeypatch.delenv("LMFLOWS_TEST_LEAK", raising=False)
+    monkeypatch.setenv("LMFLOWS_TEST_MARK", "first")
+    first = one("a").metadata
+    monkeypatch.setenv("LMFLOWS_TEST_MARK", "second")
+    second = one("b").metadata
+    assert (first["mark"], second["mark"]) == ("first", "second")
+    assert first["leaked"] is None and second["leaked"] is None  # a's change stayed in a
+    assert first["parent"] == second["parent"] != os.getpid()  # one server forked both
+    assert "LMFLOWS_TEST_LEAK" not in os.environ
+    out, _ = capfd.readouterr()
+    assert "isolated-env says a" in out and "isolated-env says b" in out
+
+    os.kill(first["parent"], signal.SIGKILL)  # the server dies: the next body gets a new one
+    monkeypatch.chdir(tmp_path)
+    third = one("c").metadata
+    assert third["parent"] not in (first["parent"], os.getpid())
+    assert third["cwd"] == str(tmp_path) and third["mark"] == "second"
+
+    died = one("d", die=True, return_state=True)
+    assert died.is_failed()
+    with pytest.raises(Exception, match="StepProcessDied: .* was killed by SIGKILL"):
+        died.result()
+
+
 def flows_run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_python(
         ["-m", "flows", "run", *args], env={"PREFECT_LOGGING_LEVEL": "INFO", **(env or {})}

@@ -217,7 +217,9 @@ def isolated_copy(src: str, *, output_path: str) -> dict:
     os.makedirs(output_path, exist_ok=True)
     with open(os.path.join(output_path, "from.txt"), "w") as handle:
         handle.write(src)
-    return {"pid": os.getpid(), "parent": os.getppid()}
+    with open(f"/proc/{os.getppid()}/stat") as stat:  # the fork server's parent
+        grandparent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    return {"pid": os.getpid(), "parent": os.getppid(), "grandparent": grandparent}
 
 
 @flow
@@ -242,7 +244,9 @@ def test_an_experiment_file_outside_the_repository_runs_on_ray(ray_head, tmp_pat
     assert (copied / "from.txt").read_text().startswith(str(tmp_path / "out" / "ext"))
     ray_worker = json.loads((copied / ".lmflows/provenance.json").read_text())["pid"]
     body = describe(f"ext/{copied.name}", str(tmp_path / "out"))["metadata"]
-    assert body["pid"] != ray_worker and body["parent"] == ray_worker, (body, ray_worker)
+    # a process of its own, forked by the worker's fork server (tasks/core/fork_server.py)
+    assert body["pid"] != ray_worker and body["parent"] != ray_worker, (body, ray_worker)
+    assert body["grandparent"] == ray_worker, (body, ray_worker)
 
 
 # Last: it adds a second node to the module's cluster.

@@ -198,6 +198,28 @@ def isolated(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
     return _ticking_body(n, sleep, output_path)
 
 
+@step(hash_attrs=["label"], operational=["die"], name="t/isolated-env", isolate=True)
+def isolated_env(label: str, die: bool = False, *, output_path: str) -> dict:
+    """What a forked body sees of its caller: LMFLOWS_TEST_MARK, the working directory, and
+    whether an earlier body's change to os.environ leaked into it; prints a line; `die`:
+    SIGKILL itself."""
+    import signal
+
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    leaked = os.environ.get("LMFLOWS_TEST_LEAK")
+    os.environ["LMFLOWS_TEST_LEAK"] = label
+    print(f"isolated-env says {label}", flush=True)
+    _write(f"{output_path}/label.txt", label)
+    return {
+        "mark": os.environ.get("LMFLOWS_TEST_MARK"),
+        "cwd": os.getcwd(),
+        "leaked": leaked,
+        "pid": os.getpid(),
+        "parent": os.getppid(),
+    }
+
+
 @step(hash_attrs=["n"], operational=["sleep"], name="t/ticking")
 def ticking(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
     """The same body in the task's own thread."""
