@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -323,6 +324,8 @@ def cmd_run(
     prefix = storage.current_prefix()
     flow, params, plan = plan_experiment(experiment, param_pairs, force, quiet=True)
     _check_writable(prefix)
+    if runner == "threads":
+        _start_fork_server_early(plan)
     api_url = ensure_server(server)
     if runner == "ray":
         from flows.loader import EXPERIMENT_FILE_MODULE
@@ -366,6 +369,21 @@ def cmd_run(
         print(f"lmflows: flow run {ui_url(api_url)}/runs/flow-run/{flow_run_id}")
     print(f"lmflows: {flow.name} finished {state.type.value.lower()} (outputs under {prefix})")
     return 0 if state.is_completed() else 1
+
+
+def _start_fork_server_early(plan) -> None:
+    """Start the fork server of isolated bodies (tasks/core/fork_server.py) while the Prefect
+    server starts and the flow begins, when a step that will execute needs it: its imports
+    (levanter: seconds) then overlap with them instead of delaying the first body."""
+    from tasks.core import fork_server, isolation
+
+    def start() -> None:
+        with contextlib.suppress(Exception):  # the first body starts it (or a Python) instead
+            plan.check_status()
+            if plan.runs_isolated_bodies():
+                fork_server.prewarm(isolation.child_environment())
+
+    threading.Thread(target=start, daemon=True, name="lmflows-fork-server-start").start()
 
 
 class _Settlement:

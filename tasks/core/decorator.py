@@ -213,7 +213,14 @@ class Step(Task):
         self.check_arguments(params)
         identity = self.identify(params)
         forced = bool(self.refresh_cache) or is_forced(identity.name, identity.name_with_hash)
-        return plan.add(_ref_of(identity), self.name, forced, identity.attrs, identity.deps)
+        return plan.add(
+            _ref_of(identity),
+            self.name,
+            forced,
+            identity.attrs,
+            identity.deps,
+            self.definition.isolate,
+        )
 
     # -- Prefect entry points -------------------------------------------------------------
 

@@ -141,6 +141,11 @@ def start_child(message_fd: int, env: dict[str, str]) -> ForkedChild | subproces
     )
 
 
+def prewarm(env: dict[str, str]) -> None:
+    """Start the server for `env` now (it takes seconds to import), if none runs."""
+    _server_for(env)
+
+
 class _Server:
     def __init__(self, env: dict[str, str]) -> None:
         self.lock = threading.Lock()

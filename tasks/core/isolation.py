@@ -69,7 +69,7 @@ def run_in_child(definition: Any, kwargs: dict[str, Any], lease_path: str, label
     payload = _payload(definition, kwargs, lease_path, label)
     read_fd, write_fd = os.pipe()
     try:
-        child = fork_server.start_child(write_fd, _child_environment())
+        child = fork_server.start_child(write_fd, child_environment())
     finally:
         os.close(write_fd)
     messages = Connection(read_fd)
@@ -145,7 +145,7 @@ def _locate(definition: Any, task: Any) -> tuple[Any, ...]:
     return ("value", cloudpickle.dumps(task))
 
 
-def _child_environment() -> dict[str, str]:
+def child_environment() -> dict[str, str]:
     """The parent's environment, its import path, and the Prefect API its task run talks to
     (a command line run or an ephemeral server set it in Prefect's settings or client, not
     in the environment; without it every child would start a server of its own)."""

@@ -27,6 +27,7 @@ class PlannedStep:
     status: str = "unknown"
     attrs: dict = dataclasses.field(default_factory=dict)
     deps: list[str] = dataclasses.field(default_factory=list)
+    isolate: bool = False  # its body runs in a worker process of its own
 
 
 @dataclasses.dataclass
@@ -42,15 +43,21 @@ class Plan:
         forced: bool,
         attrs: dict | None = None,
         deps: list[str] | None = None,
+        isolate: bool = False,
     ) -> StepRef:
         known = self.steps.get(ref.name_with_hash)
         if known is None:
             self.steps[ref.name_with_hash] = PlannedStep(
-                ref, task_name, forced, "unknown", attrs or {}, list(deps or ())
+                ref, task_name, forced, "unknown", attrs or {}, list(deps or ()), isolate
             )
         else:
             known.forced = known.forced or forced
         return ref
+
+    def runs_isolated_bodies(self) -> bool:
+        """Whether a step that will execute (not committed, or forced) is `isolate=True`;
+        call after `check_status`."""
+        return any(s.isolate and (s.forced or s.status != "committed") for s in self.steps.values())
 
     def check_status(self, workers: int = 32) -> None:
         """Fill each step's status; remote prefixes are checked in parallel (Marin PR #500)."""
