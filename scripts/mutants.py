@@ -396,28 +396,36 @@ MUTANTS += [
         "tasks/lm/sft.py",
         "    isolate=True,\n",
         "    isolate=False,\n",
-        ("tests/test_declarations.py::test_every_step_using_a_library_with_process_wide_state_runs_isolated",),
+        (
+            "tests/test_declarations.py::test_every_step_using_a_library_with_process_wide_state_runs_isolated",
+        ),
     ),
     Mutant(
         "an isolated child ignores a takeover of its lease",
         "tasks/core/isolated_child.py",
         '    if payload.get("lease_token"):',
         '    if False and payload.get("lease_token"):',
-        ("tests/test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",),
+        (
+            "tests/test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",
+        ),
     ),
     Mutant(
         "a body in the task's thread runs on after its lease is lost",
         "tasks/core/isolation.py",
         "    with interrupted_on_lease_loss(lease_path):",
         "    with contextlib.nullcontext():",
-        ("tests/test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",),
+        (
+            "tests/test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",
+        ),
     ),
     Mutant(
         "known failures keep Prefect's tracebacks",
         "tasks/core/decorator.py",
         "failures.install()",
         "pass",
-        ("tests/test_isolation.py::test_a_known_refusal_is_one_line_and_a_bug_keeps_its_traceback",),
+        (
+            "tests/test_isolation.py::test_a_known_refusal_is_one_line_and_a_bug_keeps_its_traceback",
+        ),
     ),
     Mutant(
         "--force keeps only the last glob",
@@ -450,9 +458,107 @@ MUTANTS += [
     Mutant(
         "a cut metrics row is kept",
         "tasks/lm/tracker.py",
-        "        if content and not content.endswith(b\"\\n\"):",
+        '        if content and not content.endswith(b"\\n"):',
         "        if False:",
         ("tests/test_train_done.py",),
+    ),
+]
+
+MUTANTS += [
+    # the nine the one-bug-at-a-time audit planted and the suite missed (issue #21)
+    Mutant(
+        "a reused pid counts as a live lease holder",
+        "tasks/core/lease.py",
+        '    return started is None or started != lease.get("pid_started")',
+        "    return started is None",
+        (
+            "tests/test_audit_bugs.py::test_a_lease_naming_this_pid_with_another_start_time_is_dead_and_its_step_runs_at_once",
+        ),
+    ),
+    Mutant(
+        "verify skips outputs whose quick check fails",
+        "flows/verify.py",
+        "committed_steps(prefix, check=False)",
+        "committed_steps(prefix)",
+        ("tests/test_audit_bugs.py::test_verify_names_a_truncated_and_a_deleted_file",),
+    ),
+    Mutant(
+        "--param str coercion misses postponed annotations",
+        "flows/params.py",
+        '    if annotation in (str, "str"):',
+        "    if annotation is str:",
+        (
+            "tests/test_audit_bugs.py::test_a_str_parameter_under_postponed_annotations_keeps_its_text",
+        ),
+    ),
+    Mutant(
+        "the server watch never forgives a miss",
+        "flows/watch.py",
+        "            missed = 0 if self.healthy() else missed + 1",
+        "            missed = missed if self.healthy() else missed + 1",
+        (
+            "tests/test_audit_bugs.py::test_a_server_that_fails_every_other_health_check_is_never_lost",
+        ),
+    ),
+    Mutant(
+        "near-duplicates at exactly the threshold are kept",
+        "tasks/data/minhash.py",
+        "            if similarity >= self.threshold and",
+        "            if similarity > self.threshold and",
+        ("tests/test_audit_bugs.py::test_threshold_one_drops_a_document_with_the_same_words",),
+    ),
+    Mutant(
+        "train and validation documents swapped",
+        "tasks/data/tokenize.py",
+        '    return "validation" if bucket < validation_fraction else "train"',
+        '    return "train" if bucket < validation_fraction else "validation"',
+        (
+            "tests/test_audit_bugs.py::test_the_validation_split_holds_about_validation_fraction_of_the_documents",
+        ),
+    ),
+    Mutant(
+        "weight_decay not passed to the optimizer",
+        "tasks/lm/train.py",
+        "    optimizer = AdamConfig(\n        learning_rate=learning_rate,\n"
+        "        weight_decay=weight_decay,\n",
+        "    optimizer = AdamConfig(\n        learning_rate=learning_rate,\n",
+        ("tests/test_audit_bugs.py::test_the_weight_decay_asked_for_reaches_levanters_optimizer",),
+    ),
+    Mutant(
+        "sft trains on the user's turns",
+        "tasks/lm/sft.py",
+        "format=ChatLmDatasetFormat(chat_template=chat_template)",
+        "format=ChatLmDatasetFormat(chat_template=chat_template, mask_user_turns=False)",
+        ("tests/test_audit_bugs.py::test_a_built_chat_example_trains_on_the_assistant_turn_only",),
+    ),
+    Mutant(
+        "the quick check looks at the first file only",
+        "tasks/core/manifest.py",
+        "        for rel, want in files.items():\n            path = os.path.join(out, rel)",
+        "        for rel, want in list(files.items())[:1]:\n"
+        "            path = os.path.join(out, rel)",
+        (
+            "tests/test_audit_bugs.py::test_a_truncated_second_file_makes_the_next_run_recompute_naming_it",
+        ),
+    ),
+    # the fork server of isolated bodies (issue #16)
+    Mutant(
+        "a forked body keeps the fork server's environment",
+        "tasks/core/fork_server.py",
+        '    os.environ.update(request["env"])',
+        "    pass",
+        (
+            "tests/test_isolation.py::test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server",
+        ),
+    ),
+    Mutant(
+        "a forked body writes to the fork server's stdout",
+        "tasks/core/fork_server.py",
+        "for target, fd in ((0, stdin_fd), (1, stdout_fd), (2, stderr_fd)):",
+        "for target, fd in ((0, stdin_fd),):",
+        (
+            "tests/test_isolation.py::test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server",
+        ),
     ),
 ]
 
@@ -506,8 +612,16 @@ def run(mutant: Mutant, python: str, fast: bool = False) -> tuple[bool, float, s
             raise SystemExit(f"the copy is not what Python imports ({where}); cannot run")
         started = time.monotonic()
         result = subprocess.run(
-            [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-             *(["-m", "not slow"] if fast else mutant.guards)],  # fmt: skip
+            [
+                python,
+                "-m",
+                "pytest",
+                "-q",
+                "-x",
+                "-p",
+                "no:cacheprovider",
+                *(["-m", "not slow"] if fast else mutant.guards),
+            ],  # fmt: skip
             cwd=root,
             env=env,
             capture_output=True,

@@ -213,3 +213,31 @@ def test_a_task_reading_files_outside_its_digest_is_refused(tmp_path, extra, mes
     )
     with pytest.raises(HarnessTaskError, match=message):
         _plan(max_eval_instances=8, task_folder=harness_tasks(str(folder)))
+
+
+def test_harness_eval_with_few_shot_examples(on_shared):
+    """num_fewshot > 0 reaches lm-eval: its own report (not our echo of the argument) says
+    2-shot. The task has only a test split, from which lm-eval draws the examples."""
+    from tasks.core import flow
+    from tasks.lm.harness import harness_eval, harness_tasks
+    from tests.helpers.tiny import tiny_base
+
+    @flow(name="harness-fewshot")
+    def fewshot():
+        base = tiny_base()
+        return harness_eval(
+            base["model"],
+            base["tokenizer"],
+            [TASK],
+            name="harness-fewshot",
+            task_folder=harness_tasks(),
+            max_eval_instances=4,
+            num_fewshot=2,
+        )
+
+    ref = fewshot()
+    results = json.loads(Path(ref.path, "results.json").read_text())
+    entry = results["tasks"][TASK]
+    assert entry["num_fewshot"] == 2 and entry["n"] == 4, entry
+    assert set(entry["metrics"]) == {"acc", "acc_norm"}
+    assert all(0.0 <= m["value"] <= 1.0 for m in entry["metrics"].values())
