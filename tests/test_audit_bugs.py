@@ -74,7 +74,7 @@ def test_verify_names_a_truncated_and_a_deleted_file(prefix, call_log):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     damaged = [line for line in bad.stdout.splitlines() if line.startswith("DAMAGED")]
     assert len(damaged) == 2, bad.stdout
-    assert any(a.name_with_hash in line and "data.json has 2 bytes" in line for line in damaged)
+    assert any(a.name_with_hash in line and "file data.json changed" in line for line in damaged)
     assert any(b.name_with_hash in line and "file data.json is missing" in line for line in damaged)
     assert "2 damaged" in bad.stdout
 

@@ -135,10 +135,15 @@ def _prefect_records(api_url: str, auth: str, flow_run_id: UUID) -> list[tuple[s
             runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             task_runs = client.read_task_runs(flow_run_filter=runs)
             found += [(f"task run {t.name}", t.model_dump_json()) for t in task_runs]
-            logs = client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
-            )
-            found += [(f"log {log.name}", log.model_dump_json()) for log in logs]
+            while True:  # every log of the run, page by page
+                logs = client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                    limit=200,
+                    offset=sum(1 for name, _ in found if name.startswith("log ")),
+                )
+                found += [(f"log {log.name}", log.model_dump_json()) for log in logs]
+                if len(logs) < 200:
+                    break
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])

@@ -220,6 +220,15 @@ def isolated_env(label: str, die: bool = False, *, output_path: str) -> dict:
     }
 
 
+@step(hash_attrs=["label"], name="t/two-files")
+def two_files(label: str, *, output_path: str) -> dict:
+    """An output of two files: a.txt, then z.txt (last in every order)."""
+    _log(f"two-files-{label}")
+    _write(f"{output_path}/a.txt", "a" * 100)
+    _write(f"{output_path}/z.txt", "z" * 100)
+    return {"label": label}
+
+
 @step(hash_attrs=["n"], operational=["sleep"], name="t/ticking")
 def ticking(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
     """The same body in the task's own thread."""
