@@ -134,6 +134,8 @@ SLOW_TESTS = (
     "test_hostile.py::test_ctrl_c_",
     "test_isolation.py::test_a_body_whose_lease_is_lost_stops_within_a_third_of_the_lease",
     "test_resume.py::",
+    "test_audit_bugs.py::test_the_weight_decay_asked_for_reaches_levanters_optimizer",
+    "test_audit_bugs.py::test_a_built_chat_example_trains_on_the_assistant_turn_only",
 )
 
 

@@ -259,3 +259,17 @@ def test_a_built_chat_example_trains_on_the_assistant_turn_only(tmp_path):
     assert "Genesis" in hf.decode(targets[trained])
     assert "Which book" not in hf.decode(targets[trained])
     assert "Which book" in hf.decode(targets[~trained])
+
+
+# --- train_lm: every optimizer argument reaches levanter -----
+
+
+def test_the_weight_decay_asked_for_reaches_levanters_optimizer(on_shared, tiny_lm):
+    """The shared tiny model asks for weight_decay=0.05 (the default is 0.1); the training
+    records levanter's own optimizer config next to the model."""
+    from tests.helpers.tiny import TINY
+
+    config = json.loads(Path(tiny_lm["model"].path, "train_config.json").read_text())
+    assert TINY["weight_decay"] == 0.05
+    assert config["optimizer"]["weight_decay"] == 0.05
+    assert config["optimizer"]["learning_rate"] == TINY["learning_rate"]

@@ -50,7 +50,7 @@ def test_run_on_a_local_ray_cluster_then_cached(tmp_path):
     assert code == 0, output[-4000:]
     # From the server, not from the workers' log lines: Ray forwards those asynchronously, and
     # the driver can exit before the last one reaches its stdout.
-    [flow_run_id] = re.findall(r"/runs/flow-run/([0-9a-f-]{36})", output)
+    [flow_run_id] = re.findall(r"lmflows: flow run \S*/runs/flow-run/([0-9a-f-]{36})", output)
     assert final_task_states(flow_run_id, 2) == ["Cached", "Cached"]
     assert commit.stat().st_mtime_ns == commit_mtime
 

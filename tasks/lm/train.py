@@ -190,6 +190,8 @@ def train_lm(
             join_url(output_path, "train_config.json"),
             {
                 "model": {k: getattr(plan.config.model, k) for k in MODEL_ATTRS},
+                # read back from levanter's own optimizer config: what it trains with
+                "optimizer": {k: getattr(plan.config.optimizer, k) for k in OPTIM_ATTRS},
                 "vocab_size": plan.vocab_size,
                 "tokenizer_sha256": plan.tokenizer_sha256,
                 "data": sorted(data),

@@ -17,6 +17,7 @@ TINY = dict(
     batch_size=8,
     num_train_steps=6,
     learning_rate=1e-2,
+    weight_decay=0.05,  # not the default: tests/test_audit_bugs.py checks it reaches levanter
     steps_per_eval=100,
     max_eval_batches=2,
 )
