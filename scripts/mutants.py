@@ -541,6 +541,13 @@ MUTANTS += [
             "tests/test_audit_bugs.py::test_a_truncated_second_file_makes_the_next_run_recompute_naming_it",
         ),
     ),
+    Mutant(
+        "the harness never sets the shots",
+        "tasks/lm/harness.py",
+        "            _set_fewshot(task_dict, self.num_fewshot)\n",
+        "",
+        ("tests/test_harness.py::test_harness_eval_with_few_shot_examples",),
+    ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
         "a forked body keeps the fork server's environment",
