@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 PREFECT = [sys.executable, "-m", "prefect", "--no-prompt"]
@@ -25,11 +27,17 @@ def prefect(*args: str, env: dict | None = None, timeout: float = 180):
     return result
 
 
-def test_deployments_deploy_schedule_and_run_on_a_worker(tmp_path):
-    from prefect.client.orchestration import get_client
-
+@pytest.fixture(scope="module")
+def deployed() -> None:
+    """The work pool and every deployment of deploy/prefect.yaml, once for the module (each
+    `prefect` command is seconds of imports)."""
     prefect("work-pool", "create", "lmflows-local", "--type", "process", "--overwrite")
     prefect("deploy", "--all", "--prefect-file", "deploy/prefect.yaml", env={"PWD": str(REPO)})
+
+
+def test_deployments_deploy_schedule_and_run_on_a_worker(tmp_path, deployed):
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("demo/demo-nightly")
         assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"]
@@ -83,7 +91,7 @@ def _run_deployment(name: str, params: dict, prefix: Path) -> str:
     return flow_run_id
 
 
-def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path):
+def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path, deployed):
     """Defaults per deployment, overridden at trigger time; a second run is all Cached; the
     steps table and the keyed artifacts exist; evaluate-latest finds the newest checkpoint
     (and its evaluation is the same step as the pretrain run's: Cached)."""
@@ -95,8 +103,6 @@ def test_parameterised_pretrain_and_evaluate_latest_deployments(tmp_path):
 
     from tests.helpers.api import final_task_states
 
-    prefect("work-pool", "create", "lmflows-local", "--type", "process", "--overwrite")
-    prefect("deploy", "--all", "--prefect-file", "deploy/prefect.yaml", env={"PWD": str(REPO)})
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("pretrain/pretrain")
         assert deployment.parameters["num_train_steps"] == 50  # the deployment's default
