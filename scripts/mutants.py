@@ -548,6 +548,21 @@ MUTANTS += [
         "",
         ("tests/test_harness.py::test_harness_eval_with_few_shot_examples",),
     ),
+    # bad data and tokenizer files (issue #20)
+    Mutant(
+        "an empty corpus is deduplicated into an empty output",
+        "tasks/data/dedup.py",
+        '    if stats["documents_in"] == 0:',
+        "    if False:",
+        ("tests/test_bad_corpus.py::test_an_empty_corpus_fails_dedup_and_commits_nothing",),
+    ),
+    Mutant(
+        "a truncated tokenizer.json reaches transformers",
+        "tasks/data/tokenizer_files.py",
+        '    if "tokenizer.json" in present:',
+        "    if False:",
+        ("tests/test_bad_corpus.py::test_a_truncated_tokenizer_json_is_refused_naming_the_file",),
+    ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
         "a forked body keeps the fork server's environment",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from tasks.core import step
 from tasks.data import checks
 from tasks.data.minhash import LshIndex, signatures_of
-from tasks.data.shards import ShardWriter, iter_shard, list_shards
+from tasks.data.shards import CorpusError, ShardWriter, iter_shard, list_shards
 
 MAX_EXAMPLES = 5
 SNIPPET = 160
@@ -141,6 +141,11 @@ def dedup(
     finally:
         for writer in writers.values():
             writer.close()
+    if stats["documents_in"] == 0:
+        raise CorpusError(
+            f"{dataset} holds no documents (its shards are empty): nothing to deduplicate,"
+            " tokenize or train on"
+        )
     stats["duplicate_clusters"] = len(cluster_sizes)
     stats["largest_cluster"] = 1 + max(cluster_sizes.values(), default=0)
     report = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from collections.abc import Iterator
 
@@ -12,6 +11,10 @@ import fsspec
 from tasks.core.storage import META_DIR
 
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read as documents: names the shard, the line and the fix."""
 
 
 def list_shards(path: str) -> list[str]:
@@ -32,24 +35,37 @@ def list_shards(path: str) -> list[str]:
 
 
 def iter_shard(shard: str) -> Iterator[dict]:
-    """Documents of one shard, streamed (gzip decided by the name)."""
+    """Documents of one shard, streamed (gzip decided by the name). A line that is not UTF-8
+    or not a JSON object stops the step with the shard and line number."""
     with fsspec.open(shard, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if shard.endswith(".gz") else raw
-        for line_no, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), 1):
-            line = line.strip()
+        for line_no, raw_line in enumerate(stream, 1):
+            try:
+                line = raw_line.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise CorpusError(
+                    f"{shard}:{line_no}: not UTF-8 text (byte {exc.start} of the line is "
+                    f"{raw_line[exc.start : exc.start + 1]!r}); convert the shard to UTF-8"
+                ) from None
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                doc = json.loads(line)
             except ValueError as exc:
-                raise ValueError(f"{shard}:{line_no}: not a JSON line ({exc})") from exc
+                raise CorpusError(f"{shard}:{line_no}: not a JSON line ({exc})") from None
+            if not isinstance(doc, dict):
+                raise CorpusError(
+                    f"{shard}:{line_no}: a JSON {type(doc).__name__}, not an object"
+                    " with a text field"
+                )
+            yield doc
 
 
 def iter_documents(path: str, text_field: str = "text") -> Iterator[dict]:
     for shard in list_shards(path):
         for doc in iter_shard(shard):
             if not isinstance(doc.get(text_field), str):
-                raise ValueError(f"{shard}: a document has no string field {text_field!r}")
+                raise CorpusError(f"{shard}: a document has no string field {text_field!r}")
             yield doc
 
 

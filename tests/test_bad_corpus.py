@@ -1,0 +1,104 @@
+"""Bad data and tokenizer files get one line naming the file (and line) before any output is
+committed: non-UTF-8 bytes, an empty corpus, a tokenizer folder without a tokenizer, a
+truncated tokenizer.json."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+KJV_SHARD = REPO / "data" / "kjv" / "kjv-00.jsonl.gz"
+
+
+def _shard(folder: Path, lines: list[bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "part-0.jsonl.gz", "wb") as handle:
+        handle.writelines(line + b"\n" for line in lines)
+    return folder
+
+
+def test_non_utf8_bytes_name_the_shard_and_line(tmp_path):
+    from tasks.data.dedup import dedup
+    from tasks.data.shards import CorpusError
+
+    good = json.dumps({"id": "a", "text": "In the beginning"}).encode()
+    bad = b'{"id": "b", "text": "caf\xe9 latin-1"}'
+    corpus = _shard(tmp_path / "corpus", [good, bad])
+    with pytest.raises(CorpusError) as raised:
+        dedup.fn.__wrapped__(
+            dataset=str(corpus), name="x", processes=1, output_path=str(tmp_path / "out")
+        )
+    message = str(raised.value)
+    assert f"{corpus}/part-0.jsonl.gz:2: not UTF-8 text" in message
+    assert "b'\\xe9'" in message and "\n" not in message
+
+
+def test_a_json_line_that_is_not_an_object_names_its_line(tmp_path):
+    from tasks.data.shards import CorpusError, iter_documents
+
+    corpus = _shard(tmp_path / "corpus", [b'{"text": "a"}', b"[1, 2]"])
+    with pytest.raises(CorpusError, match=r"part-0.jsonl.gz:2: a JSON list, not an object"):
+        list(iter_documents(str(corpus)))
+
+
+def test_an_empty_corpus_fails_dedup_and_commits_nothing(prefix):
+    from tasks.core import flow
+    from tasks.data.dedup import dedup
+
+    corpus = _shard(Path(prefix).parent / "empty", [b"", b"  "])
+
+    @flow
+    def dedup_empty():
+        return dedup(str(corpus), name="empty", processes=1)
+
+    state = dedup_empty(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="holds no documents"):
+        state.result()
+    assert not list(Path(prefix).rglob("commit.json"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from tasks.data.train_tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer.fn.__wrapped__(corpus=str(KJV_SHARD), vocab_size=300, output_path=str(path))
+    return path
+
+
+def test_a_folder_without_a_tokenizer_is_refused_naming_it(tmp_path, tokenizer_dir):
+    from tasks.data.tokenize import tokenize
+    from tasks.data.tokenizer_files import TokenizerFileError, load_tokenizer
+
+    empty = tmp_path / "no-tokenizer"
+    shutil.copytree(tokenizer_dir, empty)
+    (empty / "tokenizer.json").unlink()
+    with pytest.raises(TokenizerFileError, match=f"tokenizer {empty} has none of tokenizer.json"):
+        load_tokenizer(str(empty))
+    with pytest.raises(TokenizerFileError, match="not a tokenizer folder"):
+        tokenize.fn.__wrapped__(
+            dataset=str(KJV_SHARD),
+            tokenizer=str(empty),
+            name="kjv",
+            output_path=str(tmp_path / "out"),
+        )
+    assert not (tmp_path / "out").exists()
+    assert load_tokenizer(f"file://{tokenizer_dir}").vocab_size == 300  # the intact folder
+
+
+def test_a_truncated_tokenizer_json_is_refused_naming_the_file(tmp_path, tokenizer_dir):
+    from tasks.data.tokenizer_files import TokenizerFileError, load_tokenizer
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tokenizer_dir, cut)
+    text = (cut / "tokenizer.json").read_bytes()
+    (cut / "tokenizer.json").write_bytes(text[: len(text) // 2])
+    with pytest.raises(TokenizerFileError, match=rf"{cut}/tokenizer.json is not valid JSON"):
+        load_tokenizer(str(cut))
