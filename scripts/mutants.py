@@ -563,6 +563,13 @@ MUTANTS += [
         "    if False:",
         ("tests/test_bad_corpus.py::test_a_truncated_tokenizer_json_is_refused_naming_the_file",),
     ),
+    Mutant(
+        "a too-short validation split reaches levanter",
+        "tasks/lm/train.py",
+        '        for split in ("train", "validation"):',
+        '        for split in ("train",):',
+        ("tests/test_bad_corpus.py::test_splits_shorter_than_one_sequence_are_refused_before_training",),
+    ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
         "a forked body keeps the fork server's environment",

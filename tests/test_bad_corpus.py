@@ -102,3 +102,56 @@ def test_a_truncated_tokenizer_json_is_refused_naming_the_file(tmp_path, tokeniz
     (cut / "tokenizer.json").write_bytes(text[: len(text) // 2])
     with pytest.raises(TokenizerFileError, match=rf"{cut}/tokenizer.json is not valid JSON"):
         load_tokenizer(str(cut))
+
+
+def test_a_corpus_too_small_for_a_validation_split_commits_no_tokenized_output(
+    tmp_path, tokenizer_dir
+):
+    """One document: everything goes to one split. The tokenize step refuses instead of
+    committing an empty validation split that training would trip on later."""
+    from tasks.data.shards import CorpusError
+    from tasks.data.tokenize import tokenize
+
+    one = json.dumps({"id": "x", "text": "In the beginning"}).encode()
+    corpus = _shard(tmp_path / "one", [one])
+    with pytest.raises(CorpusError, match="none of its 1 documents went to the validation split"):
+        tokenize.fn.__wrapped__(
+            dataset=str(corpus),
+            tokenizer=str(tokenizer_dir),
+            name="one",
+            validation_fraction=0.05,
+            output_path=str(tmp_path / "out"),
+        )
+
+
+def test_splits_shorter_than_one_sequence_are_refused_before_training(tmp_path, tokenizer_dir):
+    """A real tokenized output of 40 short documents: its splits hold some hundreds of tokens
+    (train) and tens (validation); seq_len beyond them is refused in one line naming the
+    dataset and split, before levanter starts."""
+    from tasks.data.tokenize import tokenize
+    from tasks.lm.train import SplitTooShortError, check_split_lengths, split_tokens
+
+    with gzip.open(KJV_SHARD, "rt") as handle:
+        docs = [json.loads(line) for _, line in zip(range(40), handle)]
+    corpus = _shard(tmp_path / "small", [json.dumps(d).encode() for d in docs])
+    out = tmp_path / "tokenized"
+    meta = tokenize.fn.__wrapped__(
+        dataset=str(corpus),
+        tokenizer=str(tokenizer_dir),
+        name="small",
+        validation_fraction=0.2,
+        output_path=str(out),
+    )
+    train, validation = (split_tokens(str(out), s) for s in ("train", "validation"))
+    assert (train, validation) == (
+        meta["splits"]["train"]["tokens"],
+        meta["splits"]["validation"]["tokens"],
+    )
+    check_split_lengths({"small": str(out)}, validation)  # exactly one validation sequence
+    with pytest.raises(SplitTooShortError) as raised:
+        check_split_lengths({"small": str(out)}, validation + 1)
+    assert str(raised.value).startswith(
+        f"dataset 'small': its validation split has {validation} tokens, fewer than one"
+    )
+    with pytest.raises(SplitTooShortError, match=f"its train split has {train} tokens"):
+        check_split_lengths({"small": str(out)}, train + 1)

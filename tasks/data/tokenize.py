@@ -22,7 +22,7 @@ from typing import Any
 from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.data import checks
-from tasks.data.shards import iter_documents
+from tasks.data.shards import CorpusError, iter_documents
 from tasks.data.tokenizer_files import load_tokenizer
 
 SPLITS = ("train", "validation")
@@ -165,5 +165,12 @@ def tokenize(
     for split in SPLITS:
         writers[split].__exit__(None, None, None)
     if stats["train"]["documents"] == 0:
-        raise ValueError(f"dataset {dataset} produced no training documents")
+        raise CorpusError(f"dataset {dataset} produced no training documents")
+    if validation_fraction > 0 and stats["validation"]["documents"] == 0:
+        total = stats["train"]["documents"]
+        raise CorpusError(
+            f"dataset {dataset}: none of its {total} documents went to the validation split"
+            f" (validation_fraction={validation_fraction}); add documents or raise"
+            " validation_fraction"
+        )
     return {"splits": stats, "vocab_size": len(hf_tokenizer), "text_field": text_field}

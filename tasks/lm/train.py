@@ -57,6 +57,37 @@ OPTIM_ATTRS = [
 ]
 
 
+class SplitTooShortError(ValueError):
+    """A tokenized split holds fewer tokens than one training sequence."""
+
+
+def split_tokens(tokenized: str, split: str) -> int:
+    """Tokens in one split of a tokenize output (levanter's cache of `input_ids`)."""
+    import numpy as np
+    from levanter.store.jagged_array import JaggedArrayStore
+
+    store = JaggedArrayStore.open(
+        join_url(tokenized, f"{split}/input_ids"), mode="r", item_rank=1, dtype=np.int32
+    )
+    return int(store.data_size)
+
+
+def check_split_lengths(data: dict, seq_len: int) -> None:
+    """Each dataset's training and validation splits must fill one sequence of `seq_len`
+    tokens (levanter cuts the concatenated tokens into whole sequences), checked before
+    levanter starts: it fails with `Requested indices beyond the end of the dataset` or an
+    `IndexError` in its evaluation, after compiling."""
+    for name, tokenized in sorted(data.items()):
+        for split in ("train", "validation"):
+            have = split_tokens(tokenized, split)
+            if have < seq_len:
+                raise SplitTooShortError(
+                    f"dataset {name!r}: its {split} split has {have} tokens, fewer than one "
+                    f"sequence of seq_len={seq_len}; lower seq_len or add documents "
+                    f"({tokenized})"
+                )
+
+
 def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
     return accelerators.ray_resources(accelerator)
@@ -130,6 +161,7 @@ def train_lm(
     from tasks.lm.tracker import repair as repair_metrics
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
+    check_split_lengths(data, seq_len)
     attempt = uuid.uuid4().hex[:8]
     resumed = latest_checkpoint(join_url(output_path, "checkpoints"))
     note(resumed_from_step=resumed[1] if resumed else None)
