@@ -570,6 +570,13 @@ MUTANTS += [
         '        for split in ("train",):',
         ("tests/test_bad_corpus.py::test_splits_shorter_than_one_sequence_are_refused_before_training",),
     ),
+    Mutant(
+        "local harness tasks are not checked when planned",
+        "tasks/lm/harness.py",
+        "        _check_local_task(name, config, files)\n",
+        "",
+        ("tests/test_bad_corpus.py::test_a_local_harness_task_that_cannot_be_scored_is_refused_when_planned",),
+    ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
         "a forked body keeps the fork server's environment",

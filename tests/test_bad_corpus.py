@@ -155,3 +155,50 @@ def test_splits_shorter_than_one_sequence_are_refused_before_training(tmp_path, 
     )
     with pytest.raises(SplitTooShortError, match=f"its train split has {train} tokens"):
         check_split_lengths({"small": str(out)}, train + 1)
+
+
+HARNESS = REPO / "data" / "harness"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"output_type": "generate_until"}, "output_type 'generate_until' cannot be scored here"),
+        ({"output_type": "loglikelihood_rolling"}, "'loglikelihood_rolling' cannot be scored"),
+        ({"test_split": "validation"}, "test_split 'validation' is not a split of its data_files"),
+        ("empty", "data file 'kjv_completion.jsonl' (test) has no documents"),
+    ],
+    ids=["generate_until", "loglikelihood_rolling", "missing-split", "empty-data"],
+)
+def test_a_local_harness_task_that_cannot_be_scored_is_refused_when_planned(
+    tmp_path, edit, message
+):
+    """What lm-eval found only after the model loaded (UnboundLocalError, KeyError, TypeError,
+    a bare NotImplementedError) is one line naming the task file when the flow is planned."""
+    import re
+
+    import yaml
+
+    from tasks.core import StepRef, planning
+    from tasks.lm.harness import HarnessTaskError, harness_eval, harness_tasks
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    config = yaml.safe_load((HARNESS / "kjv_completion.yaml").read_text())
+    data = (HARNESS / "kjv_completion.jsonl").read_bytes()
+    if edit == "empty":
+        data = b"\n"
+    else:
+        config.update(edit)
+    (folder / "kjv_completion.yaml").write_text(yaml.safe_dump(config))
+    (folder / "kjv_completion.jsonl").write_bytes(data)
+    with pytest.raises(HarnessTaskError, match=re.escape(message)) as raised:
+        with planning.planning():
+            harness_eval(
+                StepRef("checkpoints/m", "0123456789"),
+                StepRef("tokenizer/t", "0123456789"),
+                ["kjv_completion"],
+                name="bad",
+                task_folder=harness_tasks(str(folder)),
+            )
+    assert str(raised.value).startswith("harness task kjv_completion.yaml: ")

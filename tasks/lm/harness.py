@@ -136,8 +136,51 @@ def _task_configs(files: dict[str, bytes]) -> dict[str, tuple[str, dict]]:
                 f"(`dataset_path: json` with `dataset_kwargs.data_files`), not "
                 f"dataset_path={config.get('dataset_path')!r}"
             )
+        _check_local_task(name, config, files)
         found[config["task"]] = (name, config)
     return found
+
+
+# What levanter's harness model scores here: `loglikelihood_rolling` raises a bare
+# NotImplementedError in it and `generate_until` fails with a TypeError on our models.
+SCORED_OUTPUT_TYPES = ("multiple_choice", "loglikelihood")
+
+
+def _check_local_task(name: str, config: dict, files: dict[str, bytes]) -> None:
+    """What lm-eval would find only after the model loaded: an output type levanter cannot
+    score, a split missing from `data_files`, a data file that is absent or empty."""
+    output_type = config.get("output_type", "generate_until")  # lm-eval's default
+    if output_type not in SCORED_OUTPUT_TYPES:
+        raise HarnessTaskError(
+            f"harness task {name}: output_type {output_type!r} cannot be scored here (levanter's"
+            f" harness scores {' and '.join(SCORED_OUTPUT_TYPES)})"
+        )
+    data_files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(data_files, str):
+        data_files = {"train": data_files}  # the json builder's one-file form
+    if not isinstance(data_files, dict) or not data_files:
+        raise HarnessTaskError(f"harness task {name}: needs dataset_kwargs.data_files")
+    for key in ("test_split", "validation_split", "fewshot_split", "training_split"):
+        split = config.get(key)
+        if split is not None and split not in data_files:
+            raise HarnessTaskError(
+                f"harness task {name}: {key} {split!r} is not a split of its data_files"
+                f" ({', '.join(sorted(map(str, data_files)))})"
+            )
+    if config.get("test_split") is None and config.get("validation_split") is None:
+        raise HarnessTaskError(f"harness task {name}: needs a test_split (or validation_split)")
+    for split, names in data_files.items():
+        for data_name in [names] if isinstance(names, str) else list(names or []):
+            base = str(data_name).rsplit("/", 1)[-1]
+            content = files.get(base)
+            if content is None:
+                raise HarnessTaskError(
+                    f"harness task {name}: data file {data_name!r} ({split}) is not in its folder"
+                )
+            if not content.strip():
+                raise HarnessTaskError(
+                    f"harness task {name}: data file {data_name!r} ({split}) has no documents"
+                )
 
 
 @functools.lru_cache(maxsize=1)
