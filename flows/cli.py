@@ -468,7 +468,32 @@ def cmd_status() -> int:
     if rows:
         print(_table(rows, ("STEP", "SIZE", "AGE", "PATH")))
     print(f"{len(rows)} committed steps under {prefix}")
+    _print_staging(prefix)
     return 0
+
+
+def _print_staging(prefix: str) -> list:
+    """The attempt folders under the prefix's staging root (flows/gc.py), if any."""
+    from flows.gc import staging_folders
+
+    found = staging_folders(prefix)
+    if found:
+        rows = [
+            (
+                f.name_with_hash,
+                _size(f.size_bytes),
+                _age(f.age_seconds),
+                "running" if f.running else "abandoned",
+            )
+            for f in found
+        ]
+        print(_table(rows, ("STAGING", "SIZE", "AGE", "STATE")))
+        abandoned = [f for f in found if not f.running]
+        print(
+            f"{len(abandoned)} abandoned attempt folders under {prefix}/.lmflows/staging "
+            f"({_size(sum(f.size_bytes for f in abandoned))}); `gc --delete` removes them"
+        )
+    return found
 
 
 def cmd_show(name_with_hash: str) -> int:
@@ -493,7 +518,7 @@ def cmd_show(name_with_hash: str) -> int:
 
 def cmd_gc(delete: bool) -> int:
     from flows.gc import delete as delete_output
-    from flows.gc import reachable_outputs, unreachable
+    from flows.gc import delete_staging, reachable_outputs, unreachable
     from tasks.core import storage
 
     prefix = storage.current_prefix()
@@ -509,6 +534,7 @@ def cmd_gc(delete: bool) -> int:
             "gc --delete refused: experiments that cannot be planned "
             f"({', '.join(reach.failures)}) might reach the outputs listed; fix them first"
         )
+    staging = [f for f in _print_staging(prefix) if not f.running]
     found = unreachable(reach, prefix)
     rows = [(s.name_with_hash, _size(s.size_bytes), _age(s.age_seconds)) for s in found]
     if rows:
@@ -518,9 +544,14 @@ def cmd_gc(delete: bool) -> int:
         f"{len(found)} committed outputs under {prefix} that no experiment reaches ({_size(total)})"
     )
     if not delete:
-        if found:
+        if found or staging:
             print("nothing deleted; run again with --delete to delete them")
         return 0
+    for folder in staging:
+        if delete_staging(folder.name_with_hash, prefix):
+            print(f"deleted the abandoned attempt folder of {folder.name_with_hash}")
+        else:
+            print(f"kept the attempt folder of {folder.name_with_hash}: a run holds its lease")
     skipped = []
     for item in found:
         outcome = delete_output(item.name_with_hash, prefix)

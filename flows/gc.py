@@ -7,6 +7,13 @@ the defaults, so `gc` lists it: read the list before `--delete`.
 `--delete` never deletes an output that a run is using: one whose own lease is live (a run is
 writing or re-committing it), or one that a live lease of another step lists as an input
 (that step is running, or about to, and reads it). Each output kept says why, in one line.
+
+It also lists the attempt folders under `{prefix}/.lmflows/staging` (local prefixes: a gs://
+attempt writes its output folder directly). A killed run leaves its attempt there, and a
+resumable step keeps its checkpoints there for the next attempt: checkpoint-sized folders that
+nothing else reports. `--delete` removes those whose lease is dead (no run holds the step), under
+the step's own lease, so a run that starts meanwhile waits instead of writing into a folder
+being deleted. A rerun of such a step then starts from nothing instead of resuming.
 """
 
 from __future__ import annotations
@@ -14,13 +21,71 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from tasks.core import lease, records, storage
-from tasks.core.inventory import CommittedStep, committed_steps
-from tasks.core.outputs import delete_output, refuse_symlinked_output
+from tasks.core.inventory import CommittedStep, committed_steps, tree_bytes
+from tasks.core.outputs import delete_output, discard_local, refuse_symlinked_output
+
+_STEP_FOLDER = re.compile(r"-[0-9a-f]{10}$")  # {name}-{hash}: one step's staging root
+
+
+@dataclasses.dataclass(frozen=True)
+class StagingFolder:
+    """One step's attempt folders under the staging root."""
+
+    name_with_hash: str
+    path: str
+    size_bytes: int
+    age_seconds: float
+    running: bool  # its step's lease is live
+
+
+def staging_folders(prefix: str) -> list[StagingFolder]:
+    """The steps with attempt folders under `{prefix}/.lmflows/staging` (local prefixes)."""
+    if not storage.is_local(prefix):
+        return []
+    root = os.path.join(prefix, storage.META_DIR, "staging")
+    found = []
+    for folder, dirs, _files in os.walk(root):  # never follows directory links
+        name_with_hash = os.path.relpath(folder, root)
+        if folder == root or not _STEP_FOLDER.search(folder):
+            continue
+        dirs[:] = []
+        if not os.listdir(folder):
+            continue
+        current = lease.read(storage.lease_path(name_with_hash, prefix))
+        found.append(
+            StagingFolder(
+                name_with_hash,
+                folder,
+                tree_bytes(folder),
+                time.time() - os.lstat(folder).st_mtime,
+                lease.is_live(current),
+            )
+        )
+    return sorted(found, key=lambda f: f.name_with_hash)
+
+
+def delete_staging(name_with_hash: str, prefix: str) -> bool:
+    """Remove a step's attempt folders under its own lease; False (nothing changed) when a
+    run holds the lease."""
+    lease_path = storage.lease_path(name_with_hash, prefix)
+    holder = f"gc-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not lease.try_acquire(lease_path, holder):
+        return False
+    try:
+        root = storage.staging_root(name_with_hash, prefix)
+        storage.refuse_links_below(root, prefix)  # a planted link must not steer the delete
+        with lease.fenced(lease_path):
+            discard_local(root)
+    finally:
+        lease.release(lease_path, holder)
+    return True
 
 
 @dataclasses.dataclass

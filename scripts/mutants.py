@@ -92,7 +92,7 @@ MUTANTS = [
     Mutant(
         "a dead attempt's staging is not cleared",
         "tasks/core/outputs.py",
-        "        _discard_local(root)  # what dead attempts left; nobody else holds the lease\n",
+        "        discard_local(root)  # what dead attempts left; nobody else holds the lease\n",
         "",
         (
             "tests/test_concurrency.py::"

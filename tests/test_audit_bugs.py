@@ -273,3 +273,58 @@ def test_the_weight_decay_asked_for_reaches_levanters_optimizer(on_shared, tiny_
     assert TINY["weight_decay"] == 0.05
     assert config["optimizer"]["weight_decay"] == 0.05
     assert config["optimizer"]["learning_rate"] == TINY["learning_rate"]
+
+
+# --- abandoned attempt folders are reported and removed (issue #20) -------------------------
+
+
+def test_status_and_gc_report_abandoned_attempt_folders_and_delete_only_dead_ones(prefix):
+    """What a killed resumable step leaves under .lmflows/staging (its checkpoints) is listed
+    by `status` and `gc`; `gc --delete` removes it when no run holds the step's lease, and
+    keeps the folder of a step whose lease is live."""
+    dead, live = steps.count_up.ref_for(5), steps.count_up.ref_for(6)
+    for ref in (dead, live):
+        checkpoint = Path(storage.staging_root(ref.name_with_hash, prefix), "resume", "ckpt-000")
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "weights.bin").write_bytes(b"w" * 50_000)
+    lease_file = Path(storage.lease_path(live.name_with_hash, prefix))
+    lease_file.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    lease_file.write_text(
+        json.dumps(
+            {
+                "holder": "a-live-run",
+                "token": "t",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),  # this test process: alive
+                "pid_started": lease._process_started(os.getpid()),
+                "acquired_at": now,
+                "expires_at": now + 600,
+            }
+        )
+    )
+    status, listed, deleted, after = flows_cli_many(
+        ["status", "--prefix", prefix],
+        ["gc", "--prefix", prefix],
+        ["gc", "--delete", "--prefix", prefix],
+        ["status", "--prefix", prefix],
+    )
+    for result in (status, listed, deleted, after):
+        assert result.returncode == 0, result.stderr
+    rows = {
+        line.split()[0]: line.split()[-1]
+        for line in status.stdout.splitlines()
+        if line.startswith("t/count-")
+    }
+    assert rows == {dead.name_with_hash: "abandoned", live.name_with_hash: "running"}, status
+    assert "1 abandoned attempt folders" in status.stdout
+    assert dead.name_with_hash in listed.stdout and "run again with --delete" in listed.stdout
+    assert f"deleted the abandoned attempt folder of {dead.name_with_hash}" in deleted.stdout
+    assert f"folder of {live.name_with_hash}" not in deleted.stdout  # running: not offered
+    assert not Path(storage.staging_root(dead.name_with_hash, prefix)).exists()
+    assert Path(storage.staging_root(live.name_with_hash, prefix), "resume").is_dir()
+    assert dead.name_with_hash not in after.stdout and "running" in after.stdout
+    from flows.gc import delete_staging
+
+    assert not delete_staging(live.name_with_hash, prefix), "a live lease keeps its folder"
+    assert Path(storage.staging_root(live.name_with_hash, prefix), "resume").is_dir()

@@ -40,14 +40,14 @@ def _local(prefix: str, check: bool) -> list[CommittedStep]:
             if check and records.read_commit(name_with_hash, prefix) is None:
                 continue
             found.append(
-                CommittedStep(name_with_hash, root, _tree_bytes(root), os.path.getmtime(commit))
+                CommittedStep(name_with_hash, root, tree_bytes(root), os.path.getmtime(commit))
             )
         else:
             dirs[:] = [d for d in dirs if d != storage.META_DIR]
     return found
 
 
-def _tree_bytes(root: str) -> int:
+def tree_bytes(root: str) -> int:
     """Bytes under `root`, counting links as links (a dangling one is no error)."""
     total = 0
     for folder, _, names in os.walk(root):

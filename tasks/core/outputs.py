@@ -68,7 +68,7 @@ def begin(name_with_hash: str, prefix: str, resumable: bool = False) -> Attempt:
     if storage.is_local(prefix):
         root = storage.staging_root(name_with_hash, prefix)
         storage.refuse_links_below(root, prefix)  # a planted link must not steer the rmtree
-        _discard_local(root)  # what dead attempts left; nobody else holds the lease
+        discard_local(root)  # what dead attempts left; nobody else holds the lease
         write_path = os.path.join(root, uuid.uuid4().hex[:12])
         os.makedirs(write_path)
         return Attempt(name_with_hash, prefix, write_path, staged=True)
@@ -97,11 +97,11 @@ def _begin_resumable(name_with_hash: str, prefix: str) -> Attempt:
         storage.refuse_links_below(write_path, prefix)
         meta = os.path.join(write_path, storage.META_DIR)
         if os.path.islink(meta) or (os.path.lexists(meta) and not os.path.isdir(meta)):
-            _discard_local(meta)  # lmflows' own name: a planted link there would steer writes
+            discard_local(meta)  # lmflows' own name: a planted link there would steer writes
         if os.path.isdir(root):  # dead attempts of a non-resumable version of the step
             for entry in os.listdir(root):
                 if entry != RESUME_DIR:
-                    _discard_local(os.path.join(root, entry))
+                    discard_local(os.path.join(root, entry))
         os.makedirs(write_path, exist_ok=True)
         attempt = Attempt(name_with_hash, prefix, write_path, staged=True, resumable=True)
     else:
@@ -188,7 +188,7 @@ def abandon(attempt: Attempt) -> None:
     if attempt.resumable:
         return
     if attempt.staged and os.path.lexists(attempt.write_path):
-        _discard_local(attempt.write_path)
+        discard_local(attempt.write_path)
 
 
 def publish(attempt: Attempt) -> str | None:
@@ -225,7 +225,7 @@ def discard(path: str | None) -> None:
     if path is None:
         return
     parent = os.path.dirname(path)
-    _discard_local(path)
+    discard_local(path)
     with contextlib.suppress(OSError):
         os.rmdir(parent)  # an emptied staging root
 
@@ -246,7 +246,7 @@ def _exchange(a: str, b: str) -> bool:
     return result == 0
 
 
-def _discard_local(path: str) -> None:
+def discard_local(path: str) -> None:
     """Delete a path lmflows owns without following links out of it."""
     if not os.path.lexists(path):
         return
@@ -294,7 +294,7 @@ def delete_output(name_with_hash: str, prefix: str) -> None:
             storage.refuse_links_below(old, prefix)
             os.makedirs(os.path.dirname(old), exist_ok=True)
             os.rename(out, old)
-            _discard_local(old)
+            discard_local(old)
         return
     fs, path = storage.filesystem(out)
     with contextlib.suppress(FileNotFoundError):
