@@ -577,6 +577,13 @@ MUTANTS += [
         "",
         ("tests/test_bad_corpus.py::test_a_local_harness_task_that_cannot_be_scored_is_refused_when_planned",),
     ),
+    Mutant(
+        "a failed atomic write leaves its temp file",
+        "tasks/core/storage.py",
+        "            with contextlib.suppress(OSError):\n                os.remove(tmp)\n",
+        "            pass\n",
+        ("tests/test_bad_corpus.py::test_a_write_that_runs_out_of_space_leaves_no_temp_file",),
+    ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
         "a forked body keeps the fork server's environment",

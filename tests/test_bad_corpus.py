@@ -202,3 +202,30 @@ def test_a_local_harness_task_that_cannot_be_scored_is_refused_when_planned(
                 task_folder=harness_tasks(str(folder)),
             )
     assert str(raised.value).startswith("harness task kjv_completion.yaml: ")
+
+
+FULL_DISK_WRITER = """
+import errno, resource, signal, sys
+from tasks.core import storage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    storage.write_atomic(sys.argv[1], b"x" * 100_000)
+except OSError as exc:
+    sys.exit(0 if exc.errno == errno.EFBIG else 3)
+sys.exit(4)
+"""
+
+
+def test_a_write_that_runs_out_of_space_leaves_no_temp_file(tmp_path):
+    """A real short write (a file size limit stands in for a full disk: the kernel refuses
+    the write past it): the old content stays and no `*.tmp-*` file is left."""
+    from tests.conftest import run_python
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "lease.json").write_text("old")
+    done = run_python(["-c", FULL_DISK_WRITER, str(state / "lease.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in state.iterdir()) == ["lease.json"]
+    assert (state / "lease.json").read_text() == "old"

@@ -15,6 +15,7 @@ the lease and failure records sit outside it, so an output can be swapped into p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -141,11 +142,16 @@ def write_atomic(path: str, content: bytes) -> None:
     if is_local(path):
         os.makedirs(os.path.dirname(fs_path), exist_ok=True)
         tmp = f"{fs_path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, fs_path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, fs_path)
+        except BaseException:  # a full disk, a killed write: no temp file is left behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     else:
         fs.pipe_file(fs_path, content)
 
