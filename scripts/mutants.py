@@ -584,6 +584,13 @@ MUTANTS += [
         "            pass\n",
         ("tests/test_bad_corpus.py::test_a_write_that_runs_out_of_space_leaves_no_temp_file",),
     ),
+    Mutant(
+        "a killed attempt's end is never recorded",
+        "tasks/core/outputs.py",
+        "    _record_unended(attempt)\n",
+        "",
+        ("tests/test_resume.py::test_a_killed_resumable_step_resumes_from_its_newest_complete_checkpoint",),
+    ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
         "a forked body keeps the fork server's environment",

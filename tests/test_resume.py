@@ -74,6 +74,9 @@ def test_a_killed_resumable_step_resumes_from_its_newest_complete_checkpoint(pre
     attempts = provenance["attempts"]
     assert [a["pid"] for a in attempts][0] == first.pid and len(attempts) == 2
     assert [a["notes"]["resumed_from_step"] for a in attempts] == [None, newest]
+    # the killed attempt could not say how it ended: the next one recorded it
+    assert attempts[0]["error"] == "unrecorded" and "failed_at" not in attempts[1]
+    assert attempts[0]["failed_at"] >= attempts[0]["started_at"]
     assert provenance["notes"]["resumed_from_step"] == newest
     assert not work.exists(), "the shared work folder became the output"
     assert not Path(storage.state_path(ref.name_with_hash, "attempts.jsonl")).exists()

@@ -107,8 +107,27 @@ def _begin_resumable(name_with_hash: str, prefix: str) -> Attempt:
     else:
         out = storage.output_dir(name_with_hash, prefix)
         attempt = Attempt(name_with_hash, prefix, out, staged=False, resumable=True)
+    _record_unended(attempt)
     log_attempt(attempt, {"event": "started"})
     return attempt
+
+
+def _record_unended(attempt: Attempt) -> None:
+    """Earlier attempts that started and never said how they ended (SIGKILL, or their disk
+    was full when they failed) are ended now that we hold the lease and can write: their
+    failure is recorded late instead of never."""
+    for earlier in attempts(attempt.name_with_hash, attempt.prefix):
+        if "started_at" in earlier and "failed_at" not in earlier:
+            log_attempt(
+                attempt,
+                {
+                    "event": "failed",
+                    "attempt": earlier["attempt"],
+                    "error": "unrecorded",
+                    "why": "it ended without a record of its own (killed, or out of space)",
+                    "noticed_by": attempt.attempt_id,
+                },
+            )
 
 
 def log_attempt(attempt: Attempt, facts: dict[str, Any]) -> None:
@@ -121,7 +140,7 @@ def log_attempt(attempt: Attempt, facts: dict[str, Any]) -> None:
     import socket
 
     path = storage.state_path(attempt.name_with_hash, ATTEMPTS_NAME, attempt.prefix)
-    entry = {"attempt": attempt.attempt_id, "at": time.time(), **facts}
+    entry = {"attempt": attempt.attempt_id, "at": time.time(), **facts}  # facts may name another
     if facts.get("event") == "started":
         entry.update(host=socket.gethostname(), pid=os.getpid())
     line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
