@@ -602,6 +602,13 @@ MUTANTS += [
         ),
     ),
     Mutant(
+        "a forked body keeps the fork server's umask and random state",
+        "tasks/core/fork_server.py",
+        "    _apply_process_state(request)\n",
+        "",
+        ("tests/test_isolation.py::test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server",),
+    ),
+    Mutant(
         "a forked body writes to the fork server's stdout",
         "tasks/core/fork_server.py",
         "for target, fd in ((0, stdin_fd), (1, stdout_fd), (2, stderr_fd)):",

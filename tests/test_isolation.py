@@ -59,8 +59,14 @@ def test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_
     monkeypatch.setenv("LMFLOWS_TEST_MARK", "first")
     first = one("a").metadata
     monkeypatch.setenv("LMFLOWS_TEST_MARK", "second")
-    second = one("b").metadata
+    before = os.umask(0o027)  # what a fresh Python would inherit, a forked one must too
+    try:
+        second = one("b").metadata
+    finally:
+        os.umask(before)
     assert (first["mark"], second["mark"]) == ("first", "second")
+    assert second["umask"] == 0o027 and first["umask"] == before
+    assert first["random"] != second["random"], "each body draws its own numpy random state"
     assert first["leaked"] is None and second["leaked"] is None  # a's change stayed in a
     assert first["parent"] == second["parent"] != os.getpid()  # one server forked both
     assert "LMFLOWS_TEST_LEAK" not in os.environ

@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -36,6 +37,8 @@ from typing import IO, Any
 SERVER_MODULE = "tasks.core.fork_server"
 CHILD_MODULE = "tasks.core.isolated_child"
 READY_TIMEOUT_SECONDS = 120.0
+FORK_TIMEOUT_SECONDS = 15.0  # the server forks in milliseconds; longer means it is paused
+SERVER_GRACE_SECONDS = 2.0  # a child gone this long with no word from the server: orphaned
 # Imported once by the server: what isolated bodies import (the step modules, levanter).
 PRELOAD = (
     "tasks.core.isolated_child",
@@ -58,7 +61,7 @@ PRELOAD = (
 # in them does not need a new server. PREFECT_API_URL: the child rebuilds Prefect's settings.
 PER_CALL_PREFIXES = ("LMFLOWS_",)
 PER_CALL_NAMES = frozenset({"PREFECT_API_URL", "PYTEST_CURRENT_TEST"})
-MAX_SERVERS = 2
+MAX_SERVERS = 2  # idle ones; a server with running children is never evicted
 
 
 # --- the caller's side -----------------------------------------------------------------------
@@ -74,6 +77,8 @@ class ForkedChild:
         self._replies = replies
         self._buffer = b""
         self._orphaned = False
+        self.status_known = True  # False: the server went away without saying how it ended
+        self.server: _Server | None = None
 
     def _watch_orphan(self, timeout: float | None) -> None:
         """Without the server there is no exit status: only whether the process still runs."""
@@ -83,6 +88,7 @@ class ForkedChild:
                 return
             time.sleep(0.05)
         self.returncode = 1
+        self.status_known = False
 
     def poll(self) -> int | None:
         self._read(timeout=0)
@@ -100,20 +106,37 @@ class ForkedChild:
         if self._orphaned:
             self._watch_orphan(timeout)
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        gone_since = None
         while b"\n" not in self._buffer:
-            readable, _, _ = select.select([self._replies], [], [], timeout)
-            if not readable:
+            # Short selects: a paused server never answers, so the process is looked at too.
+            left = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+            readable, _, _ = select.select([self._replies], [], [], left)
+            if readable:
+                chunk = self._replies.recv(4096)
+                if not chunk:  # the server died first: watch the process itself from now on
+                    self._orphan()
+                    self._watch_orphan(None if deadline is None else deadline - time.monotonic())
+                    return
+                self._buffer += chunk
+                continue
+            if not _running(self.pid):
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > SERVER_GRACE_SECONDS:
+                    self._orphan()  # ended, and the server (paused?) does not say how
+                    self._watch_orphan(0)
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
                 return
-            chunk = self._replies.recv(4096)
-            if not chunk:  # the server died first: watch the process itself from now on
-                self._orphaned = True
-                self._replies.close()
-                self._watch_orphan(timeout)
-                return
-            self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         self.returncode = int(line.split()[1])
         self._replies.close()
+        _ended(self)
+
+    def _orphan(self) -> None:
+        self._orphaned = True
+        self._replies.close()
+        _ended(self)
 
 
 def _running(pid: int) -> bool:
@@ -149,6 +172,7 @@ def prewarm(env: dict[str, str]) -> None:
 class _Server:
     def __init__(self, env: dict[str, str]) -> None:
         self.lock = threading.Lock()
+        self.running = 0  # children not known to have ended: the server is not evicted then
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.errors = tempfile.TemporaryFile()
         try:
@@ -177,7 +201,7 @@ class _Server:
             raise RuntimeError(" ".join(tail) or "no answer")
 
     def fork(self, message_fd: int, env: dict[str, str]) -> ForkedChild:
-        request = json.dumps({"env": env, "cwd": os.getcwd()}).encode()
+        request = json.dumps({"env": env, "cwd": os.getcwd(), **_process_state()}).encode()
         replies, replies_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stdin_read, stdin_write = os.pipe()
         try:
@@ -192,11 +216,11 @@ class _Server:
         finally:
             os.close(stdin_read)
             replies_theirs.close()
-        replies.settimeout(READY_TIMEOUT_SECONDS)
+        replies.settimeout(FORK_TIMEOUT_SECONDS)  # a paused server: a fresh Python instead
         try:
             answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = replies.recv(64)
+            while b"\n" not in answer:
+                chunk = replies.recv(4096)
                 if not chunk:
                     raise OSError("the fork server did not start the child")
                 answer += chunk
@@ -205,7 +229,13 @@ class _Server:
             replies.close()
             raise
         replies.settimeout(None)
-        return ForkedChild(int(answer.split()[1]), os.fdopen(stdin_write, "wb"), replies)
+        first, rest = answer.split(b"\n", 1)
+        child = ForkedChild(int(first.split()[1]), os.fdopen(stdin_write, "wb"), replies)
+        child._buffer = rest  # the exit line, when the child ended at once
+        child.server = self
+        with self.lock:
+            self.running += 1
+        return child
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -222,6 +252,26 @@ _servers: dict[tuple[Any, ...], _Server] = {}
 _failed: set[tuple[Any, ...]] = set()
 _servers_lock = threading.Lock()
 _owner_pid = os.getpid()
+
+
+def _ended(child: ForkedChild) -> None:
+    if child.server is not None:
+        with child.server.lock:
+            child.server.running -= 1
+        child.server = None
+
+
+def _forget_servers_after_fork() -> None:
+    """A forked copy of the caller starts with no servers and a free lock (the lock may have
+    been held by another thread, starting a server, at the moment of the fork)."""
+    global _servers_lock, _owner_pid
+    _servers_lock = threading.Lock()
+    _servers.clear()
+    _failed.clear()
+    _owner_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forget_servers_after_fork)
 
 
 def _key(env: dict[str, str]) -> tuple[Any, ...]:
@@ -250,8 +300,10 @@ def _server_for(env: dict[str, str]) -> _Server | None:
             return server
         if server is not None:
             _servers.pop(key)
-        while len(_servers) >= MAX_SERVERS:
-            _servers.pop(next(iter(_servers))).close()
+        for idle in [k for k, v in _servers.items() if v.running == 0][
+            : max(0, len(_servers) - MAX_SERVERS + 1)
+        ]:
+            _servers.pop(idle).close()
         try:
             server = _Server(env)
         except (OSError, RuntimeError) as exc:
@@ -374,6 +426,45 @@ def _fork(
         reply.sendall(f"pid {pid}\n".encode())
 
 
+# What a fresh Python would inherit from the caller beyond its environment and cwd.
+_LIMITS = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
+_IGNORABLE = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def _process_state() -> dict[str, Any]:
+    """The caller's umask, resource limits, ignored signals, CPU affinity and niceness."""
+    state: dict[str, Any] = {
+        "limits": {str(limit): resource.getrlimit(limit) for limit in _LIMITS},
+        "ignored": [int(sig) for sig in _IGNORABLE if signal.getsignal(sig) == signal.SIG_IGN],
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    }
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:  # read without changing it (os.umask sets)
+            for line in status:
+                if line.startswith("Umask:"):
+                    state["umask"] = int(line.split()[1], 8)
+    with contextlib.suppress(AttributeError, OSError):
+        state["affinity"] = sorted(os.sched_getaffinity(0))
+    return state
+
+
+def _apply_process_state(request: dict[str, Any]) -> None:
+    if "umask" in request:
+        os.umask(request["umask"])
+    for limit, (soft, hard) in request.get("limits", {}).items():
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(int(limit), (soft, hard))
+    for sig in request.get("ignored", []):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, request.get("nice", 0))
+    if request.get("affinity"):
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setaffinity(0, request["affinity"])
+    if "numpy" in sys.modules:  # fork copies the server's random state: reseed as a fresh
+        sys.modules["numpy"].random.seed()  # Python would (the `random` module does itself)
+
+
 def _run_child(request: dict[str, Any], message_fd: int) -> int:
     from prefect.context import refresh_global_settings_context
 
@@ -382,6 +473,7 @@ def _run_child(request: dict[str, Any], message_fd: int) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    _apply_process_state(request)
     refresh_global_settings_context()  # the call's PREFECT_API_URL
     sys.argv = [isolated_child.__file__, str(message_fd)]
     return isolated_child.main(message_fd)

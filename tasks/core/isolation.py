@@ -205,7 +205,9 @@ def _died(child: subprocess.Popen | fork_server.ForkedChild, label: str) -> Step
         code = child.wait(timeout=KILL_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         code = None
-    if code is not None and code < 0:
+    if not getattr(child, "status_known", True):
+        how = "ended, and its exit status was lost with its fork server,"
+    elif code is not None and code < 0:
         how = f"was killed by {signal.Signals(-code).name}"
     elif code == LEASE_LOST_EXIT:
         return lease.LeaseLostError(  # type: ignore[return-value]

@@ -211,12 +211,18 @@ def isolated_env(label: str, die: bool = False, *, output_path: str) -> dict:
     os.environ["LMFLOWS_TEST_LEAK"] = label
     print(f"isolated-env says {label}", flush=True)
     _write(f"{output_path}/label.txt", label)
+    import numpy as np
+
+    with open("/proc/self/status") as status:
+        umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
     return {
         "mark": os.environ.get("LMFLOWS_TEST_MARK"),
         "cwd": os.getcwd(),
         "leaked": leaked,
         "pid": os.getpid(),
         "parent": os.getppid(),
+        "umask": umask,
+        "random": float(np.random.rand()),
     }
 
 
