@@ -86,3 +86,51 @@ def test_a_training_killed_after_its_last_checkpoint_finishes_from_it(
     committed_at = commit.stat().st_mtime_ns
     assert again(return_state=True).result() == model
     assert commit.stat().st_mtime_ns == committed_at  # committed once: Cached now
+
+
+BROKEN_DATA_EXPERIMENT = '''
+"""The tiny model's training on its committed (copied) inputs, under another name."""
+from tasks.core import StepRef, flow
+from tasks.lm.train import train_lm
+from tests.helpers.tiny import TINY
+
+
+@flow(name="broken-data")
+def broken_data():
+    return train_lm(
+        data={{"kjv": StepRef({tokenized!r}, {tokenized_hash!r})}},
+        tokenizer=StepRef({tokenizer!r}, {tokenizer_hash!r}),
+        name="broken-data",
+        **TINY,
+    )
+'''
+
+
+def test_a_training_that_fails_inside_levanter_exits_1_after_its_last_line(
+    tiny_lm, shared_prefix, tmp_path
+):
+    """A damaged cache (same size, so the quick check passes it) makes tensorstore fail in
+    the training's worker process: the run ends with the run's status, 1, after its own
+    "finished failed" line; never 134 from a library's teardown (issue #20)."""
+    from tests.conftest import run_python
+
+    fresh = str(tmp_path / "out")
+    _copy_inputs(tiny_lm, shared_prefix, fresh)
+    tokenized, tokenizer = tiny_lm["tokenized"], tiny_lm["tokenizer"]
+    chunk = Path(storage.output_dir(tokenized.name_with_hash, fresh), "train/input_ids/data/c/0")
+    size = chunk.stat().st_size
+    chunk.write_bytes(bytes((7 * i + 13) % 256 for i in range(size)))
+    experiment = tmp_path / "broken_data.py"
+    experiment.write_text(
+        BROKEN_DATA_EXPERIMENT.format(
+            tokenized=tokenized.name,
+            tokenized_hash=tokenized.hash,
+            tokenizer=tokenizer.name,
+            tokenizer_hash=tokenizer.hash,
+        )
+    )
+    ran = run_python(["-m", "flows", "run", str(experiment), "--prefix", fresh], timeout=300)
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 1, output[-3000:]
+    assert "DATA_LOSS" in output and "terminate called" not in output
+    assert ran.stdout.rstrip().splitlines()[-1].startswith("lmflows: broken-data finished failed")
