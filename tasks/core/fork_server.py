@@ -34,6 +34,8 @@ import threading
 import time
 from typing import IO, Any
 
+import psutil
+
 SERVER_MODULE = "tasks.core.fork_server"
 CHILD_MODULE = "tasks.core.isolated_child"
 READY_TIMEOUT_SECONDS = 120.0
@@ -140,10 +142,10 @@ class ForkedChild:
 
 
 def _running(pid: int) -> bool:
+    """Alive and not a zombie (a child the paused or dead server has not reaped)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
         return False
 
 
@@ -170,7 +172,8 @@ def prewarm(env: dict[str, str]) -> None:
 
 
 class _Server:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], key: tuple[Any, ...]) -> None:
+        self.key = key
         self.lock = threading.Lock()
         self.running = 0  # children not known to have ended: the server is not evicted then
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -251,7 +254,6 @@ class _Server:
 _servers: dict[tuple[Any, ...], _Server] = {}
 _failed: set[tuple[Any, ...]] = set()
 _servers_lock = threading.Lock()
-_owner_pid = os.getpid()
 
 
 def _ended(child: ForkedChild) -> None:
@@ -264,11 +266,10 @@ def _ended(child: ForkedChild) -> None:
 def _forget_servers_after_fork() -> None:
     """A forked copy of the caller starts with no servers and a free lock (the lock may have
     been held by another thread, starting a server, at the moment of the fork)."""
-    global _servers_lock, _owner_pid
+    global _servers_lock
     _servers_lock = threading.Lock()
     _servers.clear()
     _failed.clear()
-    _owner_pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_forget_servers_after_fork)
@@ -284,15 +285,10 @@ def _key(env: dict[str, str]) -> tuple[Any, ...]:
 
 
 def _server_for(env: dict[str, str]) -> _Server | None:
-    global _owner_pid
     if not hasattr(socket, "send_fds") or not sys.platform.startswith("linux"):
         return None
     key = _key(env)
     with _servers_lock:
-        if _owner_pid != os.getpid():  # a forked copy of the caller: the servers are not ours
-            _servers.clear()
-            _failed.clear()
-            _owner_pid = os.getpid()
         if key in _failed:
             return None
         server = _servers.get(key)
@@ -305,7 +301,7 @@ def _server_for(env: dict[str, str]) -> _Server | None:
         ]:
             _servers.pop(idle).close()
         try:
-            server = _Server(env)
+            server = _Server(env, key)
         except (OSError, RuntimeError) as exc:
             _failed.add(key)
             print(
@@ -314,15 +310,14 @@ def _server_for(env: dict[str, str]) -> _Server | None:
                 file=sys.stderr,
             )
             return None
-        server.key = key  # type: ignore[attr-defined]
         _servers[key] = server
         return server
 
 
 def _forget(server: _Server) -> None:
     with _servers_lock:
-        if _servers.get(server.key) is server:  # type: ignore[attr-defined]
-            _servers.pop(server.key)  # type: ignore[attr-defined]
+        if _servers.get(server.key) is server:
+            _servers.pop(server.key)
     server.close()
 
 
