@@ -12,14 +12,16 @@ setup:
 demo: setup
 	.venv/bin/python -m flows run demo
 
+# Two worker processes, one per core (pytest-xdist); a module's tests stay in one worker, so a
+# module fixture (a Ray cluster, a deployment) is built once. One worker: drop `-n 2`.
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 # The core contract in under 3 minutes: what to run while working (the slow tier needs trainings).
 test-fast: setup
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q -m "not slow"
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check .

@@ -20,6 +20,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _HOME = tempfile.mkdtemp(prefix="lmflows-test-prefect-")
+# Under pytest-xdist (`make test` runs two workers) each worker is its own session: its own
+# PREFECT_HOME, server and port. What the workers of one run share is keyed by the run's id:
+# the XLA compile cache and the tiny model's prefix (`shared_prefix`).
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_RUN_DIR = (
+    os.path.join(tempfile.gettempdir(), f"lmflows-test-run-{_RUN_ID}") if _RUN_ID else _HOME
+)
+os.makedirs(_RUN_DIR, exist_ok=True)
 
 
 def free_port() -> int:
@@ -43,7 +51,7 @@ os.environ.update(
         # One persistent XLA compile cache for the session, inherited by every step's worker
         # process: the suite's trainings share a handful of tiny shapes, and each fresh process
         # would otherwise compile them again (measured: 63 s -> 50 s for the tiny experiment).
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(_HOME, "jax-cache"),
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(_RUN_DIR, "jax-cache"),
         # A size bound turns on jax's file lock around each read and write: steps that run
         # side by side never read an entry another process is still writing.
         "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 * 1024**3),
@@ -187,8 +195,12 @@ def prefix(tmp_path, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def shared_prefix(tmp_path_factory) -> str:
-    """One prefix for the whole session, for outputs that many tests consume unchanged (the
-    tiny model): identities make sharing safe, and each is computed once."""
+    """One prefix for the whole run, for outputs that many tests consume unchanged (the tiny
+    model): identities make sharing safe, and each is computed once. Two xdist workers share
+    it too: the first to need the tiny model trains it under its lease, the other waits for
+    that lease and then finds it cached (the framework's own promise, kept for free)."""
+    if _RUN_ID:
+        return os.path.join(_RUN_DIR, "shared", ".lmflows", "outputs")
     return str(tmp_path_factory.mktemp("shared") / ".lmflows" / "outputs")
 
 
