@@ -449,8 +449,13 @@ def _run_flow(flow, api_url: str | None, params: dict):
 
 
 def _check_writable(prefix: str) -> None:
-    from tasks.core import storage
+    """Before any step runs: the prefix can be written and its store can lease steps."""
+    from tasks.core import storage, stores
 
+    try:
+        stores.store_for(prefix).check_leases(prefix)
+    except stores.LeaseUnsupportedError as exc:
+        raise storage.PrefixError(str(exc)) from None
     fs, path = storage.filesystem(prefix)
     try:
         fs.makedirs(path, exist_ok=True)
@@ -663,6 +668,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         max_concurrent_setting,
     )
     from tasks.core.storage import PrefixError
+    from tasks.core.stores import LeaseUnsupportedError
 
     try:
         if getattr(args, "max_concurrent", None) is not None:
@@ -700,6 +706,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         GcsAccessError,
         PlacementError,
         ConcurrencySettingError,
+        LeaseUnsupportedError,
     ) as exc:
         if os.environ.get("LMFLOWS_DEBUG"):
             raise

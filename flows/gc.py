@@ -18,7 +18,6 @@ being deleted. A rerun of such a step then starts from nothing instead of resumi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -27,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from tasks.core import lease, records, storage
+from tasks.core import lease, records, storage, stores
 from tasks.core.inventory import CommittedStep, committed_steps, tree_bytes
 from tasks.core.outputs import delete_output, discard_local, refuse_symlinked_output
 
@@ -47,8 +46,8 @@ class StagingFolder:
 
 def staging_folders(prefix: str) -> list[StagingFolder]:
     """The steps with attempt folders under `{prefix}/.lmflows/staging` (local prefixes)."""
-    if not storage.is_local(prefix):
-        return []
+    if not stores.store_for(prefix).staged:
+        return []  # attempts there write their output folder directly
     root = os.path.join(prefix, storage.META_DIR, "staging")
     found = []
     for folder, dirs, _files in os.walk(root):  # never follows directory links
@@ -184,9 +183,7 @@ def delete(name_with_hash: str, prefix: str) -> Deletion:
             content = None
         records.forget(commit)
         with lease.fenced(lease_path):
-            fs, path = storage.filesystem(commit)
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm_file(path)  # first: from here on a starting consumer sees it gone
+            storage.remove_file(commit)  # first: from here on a starting consumer sees it gone
         consumers = consumers_of(name_with_hash, prefix)  # then: who already said they read it
         if consumers:
             if content is not None:
@@ -220,22 +217,6 @@ def consumers_of(name_with_hash: str, prefix: str) -> list[Consumer]:
 
 def _lease_files(prefix: str) -> Iterator[tuple[str, str]]:
     """(NAME-HASH, lease path) of every lease file under the prefix's state folder
-    (`storage.lease_path`): os.walk on local disk (never follows links), fsspec elsewhere."""
+    (`storage.lease_path`)."""
     root = storage.join(prefix, storage.META_DIR, "state")
-    if storage.is_local(root):
-        for folder, _dirs, files in os.walk(root):
-            if storage.LEASE_NAME in files:
-                path = os.path.join(folder, storage.LEASE_NAME)
-                yield os.path.relpath(folder, root), path
-        return
-    fs, base = storage.filesystem(root)
-    base = base.rstrip("/")
-    protocol = root.split("://", 1)[0]
-    try:
-        listing = fs.find(base)
-    except FileNotFoundError:
-        return
-    for found in listing:
-        if found.endswith("/" + storage.LEASE_NAME) and found.startswith(base + "/"):
-            step = found[len(base) + 1 : -len("/" + storage.LEASE_NAME)]
-            yield step, f"{protocol}://{found}"
+    return stores.store_for(root).files_named(root, storage.LEASE_NAME)

@@ -17,7 +17,7 @@ import pytest
 from prefect import flow
 
 from benches.common import fake_gcs
-from tasks.core import lease, storage
+from tasks.core import lease, storage, stores
 from tests.conftest import REPO, run_python
 from tests.helpers import steps
 
@@ -77,15 +77,15 @@ def wait_for(path, timeout: float = 120) -> None:
 
 
 def test_the_fake_refuses_writes_that_lost_the_generation_race(gs_prefix):
-    backend = lease._GcsLeases()
+    store = stores.store_for(gs_prefix)
     path = storage.lease_path("t/race-0123456789")
     body = {"token": "a", "expires_at": time.time() + 60, "holder": "a", "host": "h", "pid": 1}
-    assert backend._put(path, json.dumps(body).encode(), "0")  # create: generation 0
-    assert not backend._put(path, json.dumps({**body, "token": "b"}).encode(), "0")
-    _, generation = backend._read_with_generation(path)
-    assert not backend._put(path, b"{}", str(int(generation) + 1))  # a stale generation
-    assert backend._put(path, json.dumps({**body, "token": "c"}).encode(), generation)
-    assert backend.read(path)["token"] == "c"
+    assert store.write_if_version(path, json.dumps(body).encode(), "0")  # create: generation 0
+    assert not store.write_if_version(path, json.dumps({**body, "token": "b"}).encode(), "0")
+    _, generation = store.read_versioned(path, 1 << 16)
+    assert not store.write_if_version(path, b"{}", str(int(generation) + 1))  # a stale one
+    assert store.write_if_version(path, json.dumps({**body, "token": "c"}).encode(), generation)
+    assert lease.read(path)["token"] == "c"
 
 
 # --- commits and caching --------------------------------------------------------------------

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
-from tasks.core import records, storage
+from tasks.core import records, storage, stores
 
 
 @dataclasses.dataclass
@@ -26,79 +25,19 @@ def committed_steps(prefix: str | None = None, check: bool = True) -> list[Commi
     """Outputs with a valid commit record (`check=False`: any commit record at all, for
     `verify`, which wants the damaged ones too)."""
     prefix = prefix or storage.current_prefix()
-    found = _local(prefix, check) if storage.is_local(prefix) else _remote(prefix, check)
+    found = [
+        CommittedStep(name_with_hash, path, size, committed_at)
+        for name_with_hash, path, size, committed_at in stores.store_for(prefix).committed_folders(
+            prefix
+        )
+        if not check or records.read_commit(name_with_hash, prefix) is not None
+    ]
     return sorted(found, key=lambda s: s.name_with_hash)
-
-
-def _local(prefix: str, check: bool) -> list[CommittedStep]:
-    found = []
-    for root, dirs, _files in os.walk(prefix):  # never follows directory links
-        commit = os.path.join(root, storage.COMMIT_FILE)
-        if storage.META_DIR in dirs and os.path.isfile(commit):
-            dirs[:] = []  # an output directory: never descend into its files
-            name_with_hash = os.path.relpath(root, prefix)
-            if check and records.read_commit(name_with_hash, prefix) is None:
-                continue
-            found.append(
-                CommittedStep(name_with_hash, root, tree_bytes(root), os.path.getmtime(commit))
-            )
-        else:
-            dirs[:] = [d for d in dirs if d != storage.META_DIR]
-    return found
 
 
 def tree_bytes(root: str) -> int:
     """Bytes under `root`, counting links as links (a dangling one is no error)."""
-    total = 0
-    for folder, _, names in os.walk(root):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                continue
-    return total
-
-
-def _remote(prefix: str, check: bool) -> list[CommittedStep]:
-    fs, base = storage.filesystem(prefix)
-    protocol = prefix.split("://", 1)[0]
-    try:
-        listing = fs.find(base, detail=True)
-    except FileNotFoundError:
-        return []
-    suffix = "/" + storage.COMMIT_FILE
-    own = f"{base.rstrip('/')}/{storage.META_DIR}/"  # leases, staging: not outputs
-    outputs = {
-        p[: -len(suffix)]: info
-        for p, info in listing.items()
-        if p.endswith(suffix) and not p.startswith(own)
-    }
-    found = []
-    for out, info in outputs.items():
-        name_with_hash = out[len(base.rstrip("/")) + 1 :]
-        if check and records.read_commit(name_with_hash, prefix) is None:
-            continue
-        size = sum(i.get("size", 0) or 0 for p, i in listing.items() if p.startswith(out + "/"))
-        updated = info.get("updated") or info.get("mtime") or info.get("LastModified")
-        found.append(
-            CommittedStep(name_with_hash, f"{protocol}://{out}", size, _timestamp(updated))
-        )
-    return found
-
-
-def _timestamp(value: object) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    if hasattr(value, "timestamp"):
-        return value.timestamp()  # type: ignore[union-attr]
-    if isinstance(value, str):
-        from datetime import datetime
-
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return 0.0
-    return 0.0
+    return stores.store_for(root).tree_bytes(root)
 
 
 class NotCommittedError(LookupError):
@@ -135,23 +74,4 @@ def describe(name_with_hash: str, prefix: str | None = None) -> dict:
 def list_files(out: str) -> list[dict]:
     """The output's own files (not `.lmflows/`), relative paths with sizes; links are listed
     as links (to files or folders, dangling or not), never followed."""
-    if storage.is_local(out):
-        from tasks.core.manifest import relative_files_local
-
-        files = []
-        for rel in relative_files_local(out):
-            try:
-                info = os.lstat(os.path.join(out, rel))
-            except OSError:
-                continue
-            entry = {"path": rel, "bytes": info.st_size}
-            if os.path.islink(os.path.join(out, rel)):
-                entry["link"] = os.readlink(os.path.join(out, rel))
-            files.append(entry)
-        return files
-    fs, base = storage.filesystem(out)
-    meta = f"{base.rstrip('/')}/{storage.META_DIR}/"
-    for path, info in sorted(fs.find(base, detail=True).items()):
-        if not path.startswith(meta):
-            files.append({"path": path[len(base.rstrip("/")) + 1 :], "bytes": info.get("size")})
-    return files
+    return stores.store_for(out).list_files(out)

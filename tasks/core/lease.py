@@ -26,18 +26,16 @@ import json
 import logging
 import math
 import os
-import shutil
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import quote
 
 import psutil
 
-from tasks.core import storage
+from tasks.core import storage, stores
 
 logger = logging.getLogger("lmflows.lease")
 
@@ -154,40 +152,40 @@ def _may_replace(
     return (current or {}).get("token") == expect_token
 
 
-class _LocalLeases:
-    """Local disk: an exclusive `flock` on a guard file serialises every lease change."""
+class _Leases:
+    """The lease's compare-and-swap on the store's own primitives: `exclusive` (local disk:
+    an `flock` guard) and a write conditional on the version read (gs://: the object's
+    generation). A store with neither refuses leases in one line (`stores.FsspecStore`)."""
 
-    @contextlib.contextmanager
-    def _guard(self, lease_path: str) -> Iterator[None]:
-        guard = lease_path[: -len(".json")] + ".guard"
-        storage.refuse_links_below(os.path.dirname(guard))
-        os.makedirs(os.path.dirname(guard), exist_ok=True)
-        fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, lease_path: str) -> None:
+        self.store = stores.store_for(lease_path)
+
+    def _read_with_version(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
         try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock; the kernel does it if we die
-
-    def read(self, lease_path: str) -> dict[str, Any] | None:
-        try:
-            content = storage.read_bytes(lease_path, MAX_LEASE_FILE_BYTES)
-        except FileNotFoundError:
-            return None
+            content, version = self.store.read_versioned(lease_path, MAX_LEASE_FILE_BYTES)
         except OSError as exc:  # a directory, a FIFO, a huge file: not a lease we wrote
             logger.warning("lease %s cannot be read (%s); treating it as expired", lease_path, exc)
-            return {}
-        return _valid(_json_or_none(content), lease_path)
+            return {}, ""
+        if content is None:
+            return None, version
+        return _valid(_json_or_none(content), lease_path), version
+
+    def read(self, lease_path: str) -> dict[str, Any] | None:
+        return self._read_with_version(lease_path)[0]
 
     @contextlib.contextmanager
     def fenced(self, lease_path: str, token: str) -> Iterator[bool]:
-        """Yield whether `token` holds the lease, with takeovers excluded meanwhile."""
-        with self._guard(lease_path):
+        """Yield whether `token` holds the lease. On local disk takeovers are excluded
+        meanwhile; object stores cannot exclude a takeover during the caller's write: there
+        it is a check, and the window between it and the write stays (see docs/steps.md)."""
+        with self._exclusive(lease_path):
             current = self.read(lease_path) or {}
             yield current.get("token") == token and float(current["expires_at"]) > time.time()
 
+    def _exclusive(self, lease_path: str) -> contextlib.AbstractContextManager[None]:
+        storage.refuse_links_below(os.path.dirname(lease_path))
+        return self.store.exclusive(lease_path)
+
     def replace_if(
         self,
         lease_path: str,
@@ -195,123 +193,19 @@ class _LocalLeases:
         new: dict | None,
         only_if_free: bool = False,
     ) -> bool:
-        with self._guard(lease_path):
-            if not _may_replace(self.read(lease_path), expect_token, only_if_free):
+        self.store.check_leases(lease_path)
+        with self._exclusive(lease_path):
+            current, version = self._read_with_version(lease_path)
+            if not _may_replace(current, expect_token, only_if_free):
                 return False
-            if os.path.isdir(lease_path) and not os.path.islink(lease_path):
-                shutil.rmtree(lease_path)  # planted in lmflows' own state folder: garbage
-            if new is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(lease_path)
-            else:
-                storage.write_atomic(lease_path, json.dumps(new).encode())
-            return True
-
-
-class _GcsLeases:
-    """gs://: the lease object's generation is the version; writes use ifGenerationMatch."""
-
-    def _fs(self, lease_path: str):
-        return storage.filesystem(lease_path)
-
-    def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
-        fs, path = self._fs(lease_path)
-        try:
-            info = fs.info(path, refresh=True)
-            if int(info.get("size") or 0) > MAX_LEASE_FILE_BYTES:
-                return _valid("a huge file", lease_path), str(info.get("generation") or "")
-            content = fs.cat_file(path)
-        except FileNotFoundError:
-            return None, "0"
-        return _valid(_json_or_none(content), lease_path), str(info.get("generation") or "")
-
-    def read(self, lease_path: str) -> dict[str, Any] | None:
-        return self._read_with_generation(lease_path)[0]
-
-    @contextlib.contextmanager
-    def fenced(self, lease_path: str, token: str) -> Iterator[bool]:
-        """Object stores cannot exclude a takeover during the caller's write: this is a
-        check, and the window between it and the write stays (see docs/steps.md)."""
-        current = self.read(lease_path) or {}
-        yield current.get("token") == token and float(current["expires_at"]) > time.time()
-
-    def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
-        fs, path = self._fs(lease_path)
-        bucket, key, _ = fs.split_path(path)
-        kwargs = {"ifGenerationMatch": if_generation} if if_generation else {}
-        # gcsfs exposes only ifGenerationMatch=0 (mode="create"); a lease renewal needs the
-        # current generation, so this is gcsfs's own multipart upload with that parameter.
-        meta = json.dumps({"name": key, "contentType": "application/json"})
-        body = (
-            (
-                f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{meta}\n--==0==\n"
-                "Content-Type: application/json\n\n"
-            ).encode()
-            + data
-            + b"\n--==0==--"
-        )
-        try:
-            fs.call(
-                "POST",
-                f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
-                uploadType="multipart",
-                headers={"Content-Type": 'multipart/related; boundary="==0=="'},
-                data=body,
-                json_out=True,
-                **kwargs,
-            )
-        except FileExistsError:  # gcsfs maps HTTP 412 (precondition failed) to this
-            return False
-        fs.invalidate_cache(path)
-        return True
-
-    def _delete(self, lease_path: str, generation: str) -> None:
-        fs, path = self._fs(lease_path)
-        bucket, key, _ = fs.split_path(path)
-        with contextlib.suppress(FileNotFoundError, FileExistsError):
-            fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation)
-        fs.invalidate_cache(path)
-
-    def replace_if(
-        self,
-        lease_path: str,
-        expect_token: str | None,
-        new: dict | None,
-        only_if_free: bool = False,
-    ) -> bool:
-        current, generation = self._read_with_generation(lease_path)
-        if not _may_replace(current, expect_token, only_if_free):
-            return False
-        if new is None:
-            self._delete(lease_path, generation)
-            return True
-        if not self._put(lease_path, json.dumps(new).encode(), generation):
-            return False
+            content = None if new is None else json.dumps(new).encode()
+            if not self.store.write_if_version(lease_path, content, version):
+                return False
+        if new is None or not self.store.round_trips:
+            return True  # under `exclusive`: nobody wrote meanwhile
         # Read back: a store that ignores preconditions (some emulators) still cannot hand
         # the lease to two holders silently; one of them sees the other's token here.
         return (self.read(lease_path) or {}).get("token") == new["token"]
-
-
-class _OtherLeases(_GcsLeases):
-    """Any other fsspec store: write, then read back. NOT atomic: two writers racing within
-    one round trip can both believe they won; use gs:// or local disk for shared prefixes."""
-
-    def _put(self, lease_path: str, data: bytes, if_generation: str) -> bool:
-        storage.write_atomic(lease_path, data)
-        return True
-
-    def _delete(self, lease_path: str, generation: str) -> None:
-        fs, path = self._fs(lease_path)  # GCS's conditional DELETE is not there: plain rm
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(path)
-
-    def _read_with_generation(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
-        fs, path = self._fs(lease_path)
-        try:
-            content = fs.cat_file(path)
-        except FileNotFoundError:
-            return None, ""
-        return _valid(_json_or_none(content), lease_path), ""
 
 
 def _json_or_none(content: bytes) -> Any:
@@ -321,12 +215,8 @@ def _json_or_none(content: bytes) -> Any:
         return "unreadable JSON"
 
 
-def _backend(lease_path: str):
-    if storage.is_local(lease_path):
-        return _LocalLeases()
-    if lease_path.startswith(("gs://", "gcs://")):
-        return _GcsLeases()
-    return _OtherLeases()
+def _backend(lease_path: str) -> _Leases:
+    return _Leases(lease_path)
 
 
 # --- held leases in this process ----------------------------------------------------------

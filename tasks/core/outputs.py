@@ -19,18 +19,15 @@ preempted run's checkpoints survive. Each attempt is logged in `state/{name-hash
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import json
 import os
-import shutil
 import time
 import traceback
 import uuid
 from typing import Any
 
-from tasks.core import storage
+from tasks.core import storage, stores
 
 # An output location lmflows refuses to write (a path through a symbolic link).
 OutputPathError = storage.LinkedPathError
@@ -65,33 +62,30 @@ def begin(name_with_hash: str, prefix: str, resumable: bool = False) -> Attempt:
     if resumable and not _has_commit(name_with_hash, prefix):
         return _begin_resumable(name_with_hash, prefix)
     clear_attempts(name_with_hash, prefix)
-    if storage.is_local(prefix):
+    store = stores.store_for(prefix)
+    if store.staged:
         root = storage.staging_root(name_with_hash, prefix)
-        storage.refuse_links_below(root, prefix)  # a planted link must not steer the rmtree
-        discard_local(root)  # what dead attempts left; nobody else holds the lease
+        store.refuse_links_below(root, prefix)  # a planted link must not steer the rmtree
+        store.clear_folder(root)  # what dead attempts left; nobody else holds the lease
         write_path = os.path.join(root, uuid.uuid4().hex[:12])
         os.makedirs(write_path)
         return Attempt(name_with_hash, prefix, write_path, staged=True)
     out = storage.output_dir(name_with_hash, prefix)
-    fs, path = storage.filesystem(out)
-    with contextlib.suppress(FileNotFoundError):
-        doomed = fs.find(path)
-        if doomed:
-            fs.rm(doomed)
+    store.clear_folder(out)
     return Attempt(name_with_hash, prefix, out, staged=False)
 
 
 def _has_commit(name_with_hash: str, prefix: str) -> bool:
     """A committed (or once committed, now damaged) output is recomputed from scratch, never
-    resumed: `--force` and a failed verification mean "do it again"."""
-    if storage.is_local(prefix):
-        return False  # local attempts never write into the output folder itself
-    fs, path = storage.filesystem(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
-    return fs.exists(path)
+    resumed: `--force` and a failed verification mean "do it again". (A staged attempt never
+    writes into the output folder itself, so there it never finds one.)"""
+    store = stores.store_for(prefix)
+    commit = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
+    return not store.staged and store.exists(commit)
 
 
 def _begin_resumable(name_with_hash: str, prefix: str) -> Attempt:
-    if storage.is_local(prefix):
+    if stores.store_for(prefix).staged:
         root = storage.staging_root(name_with_hash, prefix)
         write_path = os.path.join(root, RESUME_DIR)
         storage.refuse_links_below(write_path, prefix)
@@ -195,10 +189,7 @@ def attempts(name_with_hash: str, prefix: str) -> list[dict[str, Any]]:
 
 
 def clear_attempts(name_with_hash: str, prefix: str) -> None:
-    path = storage.state_path(name_with_hash, ATTEMPTS_NAME, prefix)
-    fs, fs_path = storage.filesystem(path)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(fs_path)
+    storage.remove_file(storage.state_path(name_with_hash, ATTEMPTS_NAME, prefix))
 
 
 def abandon(attempt: Attempt) -> None:
@@ -217,62 +208,21 @@ def publish(attempt: Attempt) -> str | None:
         return None
     refuse_symlinked_output(attempt.name_with_hash, attempt.prefix)
     storage.refuse_links_below(attempt.write_path, attempt.prefix)
+    trash = storage.trash_dir(attempt.prefix)
+    storage.refuse_links_below(trash, attempt.prefix)
     final = storage.output_dir(attempt.name_with_hash, attempt.prefix)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    try:
-        os.rename(attempt.write_path, final)  # no older version: one atomic rename
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(attempt.write_path))  # the emptied staging root
-        return None
-    except OSError as exc:
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-            raise
-    if _exchange(attempt.write_path, final):
-        return attempt.write_path  # after the swap the old version sits in the staging place
-    # Two renames: for an instant there is no output (readers see "not committed"), but
-    # never a mix of two versions.
-    old = os.path.join(storage.trash_dir(attempt.prefix), uuid.uuid4().hex)
-    storage.refuse_links_below(old, attempt.prefix)
-    os.makedirs(os.path.dirname(old), exist_ok=True)
-    os.rename(final, old)
-    os.rename(attempt.write_path, final)
-    return old
+    return stores.store_for(attempt.prefix).publish(attempt.write_path, final, trash)
 
 
 def discard(path: str | None) -> None:
     """Delete a replaced version (outside the lease guard: it can be large)."""
-    if path is None:
-        return
-    parent = os.path.dirname(path)
-    discard_local(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(parent)  # an emptied staging root
+    if path is not None:
+        stores.discard_local(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))  # an emptied staging root
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: str, b: str) -> bool:
-    """renameat2(RENAME_EXCHANGE): swap two paths in one step. Python's `os` has no binding
-    and no maintained library offers one, hence ctypes; False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return result == 0
-
-
-def discard_local(path: str) -> None:
-    """Delete a path lmflows owns without following links out of it."""
-    if not os.path.lexists(path):
-        return
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.remove(path)
-        return
-    shutil.rmtree(path, ignore_errors=True)  # rmtree unlinks links, never follows them
+discard_local = stores.discard_local  # gc and tests name it here
 
 
 def record_failure(attempt: Attempt, exc: BaseException, started: float) -> None:
@@ -293,30 +243,15 @@ def record_failure(attempt: Attempt, exc: BaseException, started: float) -> None
 
 
 def clear_failure(name_with_hash: str, prefix: str) -> None:
-    path = storage.failed_path(name_with_hash, prefix)
-    fs, fs_path = storage.filesystem(path)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(fs_path)
+    storage.remove_file(storage.failed_path(name_with_hash, prefix))
 
 
 def delete_output(name_with_hash: str, prefix: str) -> None:
     """Remove a whole output (gc; the caller holds its lease): commit record first."""
     refuse_symlinked_output(name_with_hash, prefix)
     out = storage.output_dir(name_with_hash, prefix)
-    commit = storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix)
-    fs, commit_path = storage.filesystem(commit)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(commit_path)  # first: from here on nobody treats the output as done
-    if storage.is_local(out):
-        if os.path.lexists(out):
-            old = os.path.join(storage.trash_dir(prefix), uuid.uuid4().hex)
-            storage.refuse_links_below(old, prefix)
-            os.makedirs(os.path.dirname(old), exist_ok=True)
-            os.rename(out, old)
-            discard_local(old)
-        return
-    fs, path = storage.filesystem(out)
-    with contextlib.suppress(FileNotFoundError):
-        doomed = fs.find(path)
-        if doomed:
-            fs.rm(doomed)
+    # first the commit record: from here on nobody treats the output as done
+    storage.remove_file(storage.meta_path(name_with_hash, storage.COMMIT_FILE, prefix))
+    trash = storage.trash_dir(prefix)
+    storage.refuse_links_below(trash, prefix)
+    stores.store_for(prefix).delete_tree(out, trash)

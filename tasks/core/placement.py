@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from tasks.core import storage
+from tasks.core import storage, stores
 
 INFEASIBLE_TIMEOUT_ENV = "LMFLOWS_RAY_INFEASIBLE_TIMEOUT"
 # Long enough for an autoscaler to add a TPU or GPU host; after it, the step is cancelled.
@@ -75,11 +75,11 @@ def check_cluster() -> None:
     if prefix in _CHECKED_PREFIX:
         return
     nodes = _alive_nodes()
-    if storage.is_local(prefix) and len(nodes) > 1:
+    if not stores.store_for(prefix).shared and len(nodes) > 1:
         raise PlacementError(
-            f"the Ray cluster has {len(nodes)} nodes but the prefix {prefix} is a local "
-            "folder: workers on other machines could not see each other's outputs; use "
-            "shared storage (--prefix gs://BUCKET/path)"
+            f"the Ray cluster has {len(nodes)} nodes but the prefix {prefix} is not shared "
+            "storage (a local folder): workers on other machines could not see each other's "
+            "outputs; use shared storage (--prefix gs://BUCKET/path)"
         )
     _CHECKED_PREFIX.add(prefix)
 

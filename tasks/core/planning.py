@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tasks.core import lease, records, storage, walk
+from tasks.core import lease, records, storage, stores, walk
 from tasks.core.ref import StepRef
 
 _ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("lmflows_plan", default=None)
@@ -63,7 +63,7 @@ class Plan:
         """Fill each step's status; remote prefixes are checked in parallel (Marin PR #500)."""
         prefix = storage.current_prefix()
         planned = list(self.steps.values())
-        if storage.is_local(prefix):
+        if not stores.store_for(prefix).round_trips:
             for item in planned:
                 item.status = step_status(item.ref.name_with_hash, prefix)
             return
@@ -81,8 +81,8 @@ def step_status(name_with_hash: str, prefix: str | None = None) -> str:
         return "committed"
     if lease.is_live(lease.read(storage.lease_path(name_with_hash, prefix))):
         return "running"
-    fs, path = storage.filesystem(storage.failed_path(name_with_hash, prefix))
-    if fs.exists(path):
+    failed = storage.failed_path(name_with_hash, prefix)
+    if stores.store_for(failed).exists(failed):
         return "failed"
     return "missing"
 

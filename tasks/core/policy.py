@@ -14,7 +14,7 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.locking.protocol import LockManager
 
-from tasks.core import lease, records, storage
+from tasks.core import lease, records, storage, stores
 from tasks.core.definition import StepDefinition
 
 
@@ -171,7 +171,7 @@ class LeaseLockManager(LockManager):
 def _uncommitted(deps: list[str], prefix: str, workers: int = 32) -> list[str]:
     """The inputs without a valid commit record now; remote prefixes are read in parallel
     (a step over many inputs must not pay one round trip after another)."""
-    if storage.is_local(prefix) or len(deps) < 2:
+    if not stores.store_for(prefix).round_trips or len(deps) < 2:
         return [dep for dep in deps if records.read_commit(dep, prefix, remember=False) is None]
     with ThreadPoolExecutor(max_workers=min(workers, len(deps))) as pool:
         found = list(pool.map(lambda dep: records.read_commit(dep, prefix, remember=False), deps))

@@ -99,11 +99,10 @@ def check_commit(content: bytes, name_with_hash: str, prefix: str) -> StepRef:
         validate_name(ref.name)
     except ValueError as exc:
         raise UnsafeRecordError(f"commit record in {out}: {exc}") from None
-    if storage.is_local(prefix):
-        try:
-            outputs.refuse_symlinked_output(name_with_hash, prefix)
-        except outputs.OutputPathError as exc:
-            raise UnsafeRecordError(str(exc)) from None
+    try:
+        outputs.refuse_symlinked_output(name_with_hash, prefix)  # only local disk has links
+    except outputs.OutputPathError as exc:
+        raise UnsafeRecordError(str(exc)) from None
     problem = manifest_check(out, manifest)
     if problem is not None:
         raise UnsafeRecordError(f"output {out} is damaged: {problem}")

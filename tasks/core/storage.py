@@ -15,10 +15,8 @@ the lease and failure records sit outside it, so an output can be swapped into p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,13 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
+from tasks.core import stores
+
 PREFIX_ENV = "LMFLOWS_PREFIX"
 DEFAULT_PREFIX = "~/.lmflows/outputs"
 
-META_DIR = ".lmflows"
-COMMIT_FILE = f"{META_DIR}/commit.json"
+META_DIR = stores.META_DIR
+COMMIT_FILE = stores.COMMIT_FILE
 PROVENANCE_FILE = f"{META_DIR}/provenance.json"
 LEASE_NAME = "lease.json"
 FAILED_NAME = "failed.json"
@@ -84,10 +84,6 @@ def join(prefix: str, *parts: str) -> str:
     return "/".join([prefix.rstrip("/"), *(p.strip("/") for p in parts if p)])
 
 
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem for `url` and the path inside it."""
     fs, path = fsspec.core.url_to_fs(url)
@@ -99,89 +95,34 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
 # exhaust memory.
 MAX_RECORD_BYTES = 256 << 20
 
-
-class UnreadableRecord(OSError):
-    """A framework file that is not a regular file of a sane size (planted, or damaged)."""
+UnreadableRecord = stores.UnreadableRecord
+LinkedPathError = stores.LinkedPathError
 
 
 def read_bytes(url: str, limit: int = MAX_RECORD_BYTES) -> bytes:
     """Whole-file read of a framework file: FileNotFoundError if absent, UnreadableRecord if
-    it is not a regular file (a directory, FIFO, device) or is larger than `limit`. Plain
-    `open` on local disk (fsspec costs ~10x more per small file, and a cached re-run reads one
-    small record per step)."""
-    if "://" not in url:
-        import stat
-
-        try:
-            fd = os.open(url, os.O_RDONLY | os.O_NONBLOCK)
-        except (IsADirectoryError, NotADirectoryError) as exc:
-            raise UnreadableRecord(f"{url} is not a regular file ({exc.strerror})") from None
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise UnreadableRecord(f"{url} is not a regular file")
-            if info.st_size > limit:
-                raise UnreadableRecord(f"{url} has {info.st_size} bytes (at most {limit})")
-            data = handle.read(limit + 1)
-            if len(data) > limit:
-                raise UnreadableRecord(f"{url} grew past {limit} bytes while read")
-            return data
-    fs, path = filesystem(url)
-    size = fs.size(path)
-    if size is not None and size > limit:
-        raise UnreadableRecord(f"{url} has {size} bytes (at most {limit})")
-    return fs.cat_file(path)
+    it is not a regular file (a directory, FIFO, device) or is larger than `limit`."""
+    return stores.store_for(url).read_bytes(url, limit)
 
 
 def write_atomic(path: str, content: bytes) -> None:
-    """Write a whole file so that readers see the old content or the new, never a part.
-
-    Local: temp file + fsync + rename. Object stores (gs://) replace objects atomically.
-    """
-    fs, fs_path = filesystem(path)
-    if is_local(path):
-        os.makedirs(os.path.dirname(fs_path), exist_ok=True)
-        tmp = f"{fs_path}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, fs_path)
-        except BaseException:  # a full disk, a killed write: no temp file is left behind
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
-    else:
-        fs.pipe_file(fs_path, content)
+    """Write a whole file so that readers see the old content or the new, never a part."""
+    stores.store_for(path).write_atomic(path, content)
 
 
 def write_json(path: str, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
 
 
-class LinkedPathError(ValueError):
-    """A path under the prefix that passes through a symbolic link: lmflows never writes or
-    deletes through one (a planted link could point anywhere)."""
+def remove_file(path: str) -> None:
+    """Delete one file; absent is fine."""
+    stores.store_for(path).remove_file(path)
 
 
 def refuse_links_below(path: str, prefix: str | None = None) -> None:
-    """Raise LinkedPathError if any component of local `path` below `prefix` is a link."""
-    if not is_local(path):
-        return
-    prefix = (prefix or current_prefix()).rstrip("/")
-    if not (path == prefix or path.startswith(prefix + "/")):
-        return
-    current = prefix
-    for part in path[len(prefix) :].strip("/").split("/"):
-        if not part:
-            continue
-        current = f"{current}/{part}"
-        if os.path.islink(current):
-            raise LinkedPathError(
-                f"{current} is a symbolic link; lmflows never writes or deletes through links "
-                "under its prefix (remove it, or point LMFLOWS_PREFIX at the real folder)"
-            )
+    """Raise LinkedPathError if any component of `path` below `prefix` is a link (only local
+    disk has links)."""
+    stores.store_for(path).refuse_links_below(path, prefix or current_prefix())
 
 
 def output_dir(name_with_hash: str, prefix: str | None = None) -> str:

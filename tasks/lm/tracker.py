@@ -27,6 +27,8 @@ from typing import Any
 import fsspec
 from levanter.tracker import Tracker, TrackerConfig
 
+from tasks.core import stores
+
 logger = logging.getLogger("lmflows.tracker")
 
 UPLOAD_SECONDS = 10.0
@@ -38,14 +40,6 @@ def _plain(value: Any) -> Any:
     except (TypeError, ValueError):
         return str(value)
     return number if math.isfinite(number) else None
-
-
-def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def local_path(path: str) -> str:
-    return path.removeprefix("file://")
 
 
 def _drop_partial_last_line(path: str) -> bool:
@@ -75,8 +69,8 @@ class _JsonLines:
         self._lock = threading.Lock()
         self._last_upload = 0.0
         self._dirty = False
-        if is_local(path):
-            target = local_path(path)
+        target = stores.store_for(path).local_path(path)  # None: an object store
+        if target is not None:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             self._tmpdir = None
             self._local = target
