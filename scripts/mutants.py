@@ -48,10 +48,32 @@ MUTANTS = [
     ),
     Mutant(
         "ifGenerationMatch dropped from gs:// lease writes",
-        "tasks/core/lease.py",
-        'kwargs = {"ifGenerationMatch": if_generation} if if_generation else {}',
+        "tasks/core/stores.py",
+        'kwargs = {"ifGenerationMatch": version} if version else {}',
         "kwargs = {}",
-        ("tests/test_gcs.py::test_the_fake_refuses_writes_that_lost_the_generation_race",),
+        (
+            "tests/test_gcs.py::test_the_fake_refuses_writes_that_lost_the_generation_race",
+            "tests/test_store_contract.py::test_a_compare_and_swap_on_a_stale_read_never_wins_as_well",
+        ),
+    ),
+    Mutant(
+        "the local lease guard does not lock",
+        "tasks/core/stores.py",
+        "            fcntl.flock(fd, fcntl.LOCK_EX)\n",
+        "",
+        (
+            "tests/test_store_contract.py::test_a_compare_and_swap_on_a_stale_read_never_wins_as_well",
+        ),
+    ),
+    Mutant(
+        "a store without conditional writes takes leases",
+        "tasks/core/stores.py",
+        "        self.check_leases(url)\n        return False",
+        "        self.write_atomic(url, content or b'')\n        return True",
+        (
+            "tests/test_store_contract.py::"
+            "test_a_store_without_conditional_writes_refuses_leases_in_one_line",
+        ),
     ),
     Mutant(
         "floats hashed as ints",
@@ -92,11 +114,12 @@ MUTANTS = [
     Mutant(
         "a dead attempt's staging is not cleared",
         "tasks/core/outputs.py",
-        "        discard_local(root)  # what dead attempts left; nobody else holds the lease\n",
+        "        store.clear_folder(root)  # what dead attempts left; nobody else holds the "
+        "lease\n",
         "",
         (
-            "tests/test_concurrency.py::"
-            "test_sigkill_mid_step_then_rerun_takes_over_and_serves_nothing_from_the_dead_attempt",
+            "tests/test_store_contract.py::"
+            "test_a_sigkilled_holder_is_taken_over_at_once_and_its_files_never_served",
             "tests/test_runs.py::"
             "test_a_step_that_raises_commits_nothing_and_is_called_again_after_clearing",
         ),
@@ -123,7 +146,8 @@ MUTANTS = [
         'return float(lease["expires_at"]) > now and not _holder_is_dead(lease)',
         'return float(lease["expires_at"]) > now + 5 and not _holder_is_dead(lease)',
         (
-            "tests/test_concurrency.py::test_expired_lease_of_another_host_is_taken_over_after_expiry",
+            "tests/test_store_contract.py::"
+            "test_a_live_lease_of_another_host_is_waited_out_then_taken_over",
         ),
     ),
     # the identity rules
@@ -196,8 +220,8 @@ MUTANTS = [
     ),
     Mutant(
         "writing or deleting through symlinks",
-        "tasks/core/storage.py",
-        "        if os.path.islink(current):\n",
+        "tasks/core/stores.py",
+        "            if os.path.islink(current):\n",
         "        if False:\n",
         (
             "tests/test_hostile.py::"
@@ -208,7 +232,7 @@ MUTANTS = [
     Mutant(
         "staging cleared without the link check",
         "tasks/core/outputs.py",
-        "        storage.refuse_links_below(root, prefix)  # a planted link",
+        "        store.refuse_links_below(root, prefix)  # a planted link",
         "        pass  # a planted link",
         ("tests/test_hostile.py::test_a_link_planted_in_the_staging_area_is_never_followed",),
     ),
@@ -224,7 +248,7 @@ MUTANTS = [
     ),
     Mutant(
         "a planted 3 GB record is read whole",
-        "tasks/core/storage.py",
+        "tasks/core/stores.py",
         "            if info.st_size > limit:\n",
         "            if False:\n",
         ("tests/test_hostile.py::test_malformed_files_are_misses_and_never_crash_a_command",),
@@ -232,9 +256,9 @@ MUTANTS = [
     Mutant(
         "publishing writes into the final folder (no staging)",
         "tasks/core/outputs.py",
-        "    if storage.is_local(prefix):\n        root = storage.staging_root",
+        "    if store.staged:\n        root = storage.staging_root",
         "    if False:\n        root = storage.staging_root",
-        ("tests/test_concurrency.py", "tests/test_hostile.py"),
+        ("tests/test_store_contract.py", "tests/test_hostile.py"),
     ),
     Mutant(
         "names may end in a newline",
@@ -296,8 +320,8 @@ MUTANTS = [
     Mutant(
         "a local prefix on a multi-node Ray cluster is accepted",
         "tasks/core/placement.py",
-        "    if storage.is_local(prefix) and len(nodes) > 1:",
-        "    if storage.is_local(prefix) and len(nodes) > 99:",
+        "    if not stores.store_for(prefix).shared and len(nodes) > 1:",
+        "    if not stores.store_for(prefix).shared and len(nodes) > 99:",
         ("tests/test_ray.py::test_a_local_prefix_on_a_multi_node_cluster_is_refused",),
     ),
     Mutant(
@@ -335,8 +359,9 @@ MUTANTS = [
     Mutant(
         "evaluate imports the training step again",
         "tasks/lm/evaluate.py",
-        "from tasks.lm.model import llama_config, write_reference_config",
-        "from tasks.lm.train import llama_config, write_reference_config",
+        "from tasks.lm.model import check_tokenizer_matches, llama_config, write_reference_config",
+        "from tasks.lm.train import llama_config, write_reference_config\n"
+        "from tasks.lm.model import check_tokenizer_matches",
         ("tests/test_layout.py::test_readers_do_not_import_the_steps_that_write_what_they_read",),
     ),
     Mutant(
@@ -534,9 +559,10 @@ MUTANTS += [
     Mutant(
         "the quick check looks at the first file only",
         "tasks/core/manifest.py",
-        "        for rel, want in files.items():\n            path = os.path.join(out, rel)",
-        "        for rel, want in list(files.items())[:1]:\n"
-        "            path = os.path.join(out, rel)",
+        "    for rel, want in files.items():\n        have = listing.get(rel)\n"
+        "        if have is None:\n            return",
+        "    for rel, want in list(files.items())[:1]:\n        have = listing.get(rel)\n"
+        "        if have is None:\n            return",
         (
             "tests/test_audit_bugs.py::test_a_truncated_second_file_makes_the_next_run_recompute_naming_it",
         ),
@@ -568,18 +594,22 @@ MUTANTS += [
         "tasks/lm/train.py",
         '        for split in ("train", "validation"):',
         '        for split in ("train",):',
-        ("tests/test_bad_corpus.py::test_splits_shorter_than_one_sequence_are_refused_before_training",),
+        (
+            "tests/test_bad_corpus.py::test_splits_shorter_than_one_sequence_are_refused_before_training",
+        ),
     ),
     Mutant(
         "local harness tasks are not checked when planned",
         "tasks/lm/harness.py",
         "        _check_local_task(name, config, files)\n",
         "",
-        ("tests/test_bad_corpus.py::test_a_local_harness_task_that_cannot_be_scored_is_refused_when_planned",),
+        (
+            "tests/test_bad_corpus.py::test_a_local_harness_task_that_cannot_be_scored_is_refused_when_planned",
+        ),
     ),
     Mutant(
         "a failed atomic write leaves its temp file",
-        "tasks/core/storage.py",
+        "tasks/core/stores.py",
         "            with contextlib.suppress(OSError):\n                os.remove(tmp)\n",
         "            pass\n",
         ("tests/test_bad_corpus.py::test_a_write_that_runs_out_of_space_leaves_no_temp_file",),
@@ -589,7 +619,9 @@ MUTANTS += [
         "tasks/core/outputs.py",
         "    _record_unended(attempt)\n",
         "",
-        ("tests/test_resume.py::test_a_killed_resumable_step_resumes_from_its_newest_complete_checkpoint",),
+        (
+            "tests/test_resume.py::test_a_killed_resumable_step_resumes_from_its_newest_complete_checkpoint",
+        ),
     ),
     # the fork server of isolated bodies (issue #16)
     Mutant(
@@ -606,7 +638,9 @@ MUTANTS += [
         "tasks/core/fork_server.py",
         "    _apply_process_state(request)\n",
         "",
-        ("tests/test_isolation.py::test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server",),
+        (
+            "tests/test_isolation.py::test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server",
+        ),
     ),
     Mutant(
         "a forked body writes to the fork server's stdout",

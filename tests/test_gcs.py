@@ -1,13 +1,12 @@
 """gs:// against fake-gcs-server, a GCS fake that enforces generation preconditions (the
-`ifGenerationMatch` the lease relies on): commits, caching, concurrent processes, SIGKILL and
-expiry takeover, a holder that lost the generation race, and hostile records on the bucket."""
+`ifGenerationMatch` the lease relies on): commits, caching, failures and hostile records on the
+bucket. Concurrent processes, SIGKILL and expiry takeover and a holder that lost its lease are
+the store contract's, run on gs:// too (tests/test_store_contract.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -166,108 +165,3 @@ def test_a_poisoned_lease_on_gs_is_treated_as_expired(gs_prefix, caplog):
     caplog.set_level("WARNING")
     assert [s.name for s in gs_chain()][0] == "Completed"
     assert any("treating it as expired" in r.getMessage() for r in caplog.records)
-
-
-# --- processes: exactly once, takeover, the lost race -----------------------------------------
-
-
-def test_three_processes_on_one_gs_step_run_it_once(gs_prefix, emulator, tmp_path):
-    log = tmp_path / "calls.log"
-    env = {
-        "LMFLOWS_TEST_LOG": str(log),
-        "LMFLOWS_TEST_SLEEP": "1.5",
-        "STORAGE_EMULATOR_HOST": emulator,
-        "LMFLOWS_PREFIX": gs_prefix,
-    }
-    procs = [start(["chain", "4", "3"], env) for _ in range(3)]
-    outputs = [p.communicate(timeout=240) for p in procs]
-    for proc, (_, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-3000:]
-    assert sorted(line.split()[0] for line in log.read_text().splitlines()) == [
-        "derive-3",
-        "source-4",
-    ]
-    states = [json.loads(out.strip().splitlines()[-1])["states"] for out, _ in outputs]
-    assert sorted(s[0] for s in states) == ["Cached", "Cached", "Completed"]
-
-
-def test_a_sigkilled_holder_on_gs_is_taken_over_after_its_lease(gs_prefix, emulator, tmp_path):
-    env = {"STORAGE_EMULATOR_HOST": emulator, "LMFLOWS_PREFIX": gs_prefix}
-    ready = tmp_path / "ready"
-    first = start(
-        ["blocker", "gk"],
-        {
-            **env,
-            "LMFLOWS_LEASE_SECONDS": "6",
-            "LMFLOWS_TEST_READY": str(ready),
-            "LMFLOWS_TEST_RELEASE": str(tmp_path / "never"),
-        },
-    )
-    wait_for(ready)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    ref = steps.blocker.ref_for("gk")
-    lease_key = storage.lease_path(ref.name_with_hash).removeprefix("gs://")
-    fs = gcs()
-    held = json.loads(fs.cat_file(lease_key))
-    assert held["pid"] == first.pid
-    # as if the dead holder ran on another machine: only expiry frees the lease
-    fs.pipe_file(lease_key, json.dumps({**held, "host": f"not-{socket.gethostname()}"}).encode())
-    remaining = held["expires_at"] - time.time()
-    assert remaining > 3
-    release = tmp_path / "release"
-    release.write_text("go")
-    started = time.monotonic()
-    second = start(["blocker", "gk"], {**env, "LMFLOWS_TEST_RELEASE": str(release)})
-    out, err = second.communicate(timeout=180)
-    assert second.returncode == 0, err[-3000:]
-    assert time.monotonic() - started >= remaining - 1.0, "the live lease was not respected"
-    assert json.loads(out.strip().splitlines()[-1])["task"] == "Completed"
-    root = ref.path.removeprefix("gs://")
-    assert gcs().cat_file(f"{root}/done.txt").decode() == f"finished by {second.pid}"
-
-
-def test_a_gs_holder_that_lost_its_lease_never_commits(gs_prefix, emulator, tmp_path):
-    env = {
-        "STORAGE_EMULATOR_HOST": emulator,
-        "LMFLOWS_PREFIX": gs_prefix,
-        "LMFLOWS_LEASE_SECONDS": "3",
-    }
-    ready, release = tmp_path / "ready", tmp_path / "release"
-    first = start(
-        ["blocker", "glost"],
-        {**env, "LMFLOWS_TEST_READY": str(ready), "LMFLOWS_TEST_RELEASE": str(release)},
-    )
-    wait_for(ready)
-    ref = steps.blocker.ref_for("glost")
-    lease_key = storage.lease_path(ref.name_with_hash).removeprefix("gs://")
-    first.send_signal(signal.SIGSTOP)
-    try:
-        time.sleep(4)
-        held = json.loads(gcs().cat_file(lease_key))
-        assert held["expires_at"] < time.time()
-        gcs().pipe_file(
-            lease_key, json.dumps({**held, "host": f"not-{socket.gethostname()}"}).encode()
-        )
-        second = start(
-            ["blocker", "glost"],
-            {
-                **env,
-                "LMFLOWS_TEST_RELEASE": str(release),
-                "LMFLOWS_TEST_READY": str(tmp_path / "ready2"),
-            },
-        )
-        wait_for(tmp_path / "ready2")
-    finally:
-        first.send_signal(signal.SIGCONT)
-    release.write_text("go")
-    out1, err1 = first.communicate(timeout=180)
-    out2, err2 = second.communicate(timeout=180)
-    assert second.returncode == 0, err2[-3000:]
-    assert first.returncode != 0, out1
-    assert "LeaseLostError" in err1 or "lease" in (out1 + err1).lower()
-    root = ref.path.removeprefix("gs://")
-    record = json.loads(gcs().cat_file(f"{root}/.lmflows/commit.json"))
-    assert json.loads(record["result"])["metadata"] == {"pid": second.pid}
-    provenance = json.loads(gcs().cat_file(f"{root}/.lmflows/provenance.json"))
-    assert provenance["pid"] == second.pid
