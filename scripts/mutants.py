@@ -68,8 +68,9 @@ MUTANTS = [
     Mutant(
         "a store without conditional writes takes leases",
         "tasks/core/stores.py",
-        "        self.check_leases(url)\n        return False",
-        "        self.write_atomic(url, content or b'')\n        return True",
+        "    def check_leases(self, url: str) -> None:\n        raise LeaseUnsupportedError(",
+        "    def check_leases(self, url: str) -> None:\n        return None\n"
+        "        raise LeaseUnsupportedError(",
         (
             "tests/test_store_contract.py::"
             "test_a_store_without_conditional_writes_refuses_leases_in_one_line",
