@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import sys
 import threading
@@ -172,25 +171,21 @@ def plan_experiment(
     force: Sequence[str] = (),
     quiet: bool = False,
 ):
-    """Load, bind parameters, plan (identities only: milliseconds) and check `--force` globs.
-
-    Every step's argument checks run here, so a bad argument of the last step stops a run
-    before the first step executes. `quiet`: what the flow body prints while it is planned
-    is dropped (`run` plans, then runs the body: its prints appear once, from the run)."""
+    """Load, plan (identities only: milliseconds; `flows.planned`) and check `--force` globs."""
     from flows.loader import load_flow
-    from flows.params import bind, parse
-    from tasks.core import planning, set_force
+    from flows.params import parse
+    from flows.planned import PlanningFailed, plan_experiment
+    from tasks.core import set_force
 
     flow = load_flow(experiment)
-    params = bind(flow, parse(param_pairs))
+    raw = parse(param_pairs)
     set_force(force)
-    printed = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     try:
-        with planning.planning() as plan, printed:
-            flow.fn(**params)
-    except (ValueError, TypeError) as exc:
-        raise ArgumentError(" ".join(str(exc).split())) from exc
-    except Exception as exc:
+        params, plan = plan_experiment(flow, raw, quiet)
+    except PlanningFailed as failed:
+        exc = failed.__cause__
+        if isinstance(exc, (ValueError, TypeError)):
+            raise ArgumentError(" ".join(str(exc).split())) from exc
         raise ArgumentError(
             f"experiment {experiment} failed while planning: {type(exc).__name__}: "
             + " ".join(str(exc).split())[:500]

@@ -51,15 +51,15 @@ def load_experiment(experiment: str):
 
 def plan_experiment(experiment: str, parameters: dict[str, Any] | None):
     """The experiment's plan with its statuses, its flow parameters bound as a run would."""
-    from flows.params import bind
-    from tasks.core import planning
+    from flows.planned import PlanningFailed, plan_experiment
 
     target = load_experiment(experiment)
     # `bind` takes command-line text: JSON, except that str parameters take the text as is.
     raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (parameters or {}).items()}
-    params = bind(target, raw)
-    with planning.planning() as plan:
-        target.fn(**params)
+    try:
+        _, plan = plan_experiment(target, raw)
+    except PlanningFailed as failed:
+        raise failed.__cause__ from None  # the body's own error, as a run would raise it
     plan.check_status()
     return plan
 

@@ -98,17 +98,16 @@ class Reach:
 def reachable_outputs() -> Reach:
     """Plan every experiment (offline, writes nothing) and collect the identities they use."""
     from flows.loader import available_experiments, load_flow
-    from flows.params import bind
-    from tasks.core import planning
+    from flows.planned import PlanningFailed, plan_experiment
 
     reachable: set[str] = set()
     failures: dict[str, str] = {}
     for name in available_experiments():
         try:
-            flow = load_flow(name)
-            with planning.planning() as plan:
-                flow.fn(**bind(flow, {}))
+            _, plan = plan_experiment(load_flow(name))
         except Exception as exc:  # reported per experiment; gc refuses to delete then
+            if isinstance(exc, PlanningFailed) and exc.__cause__ is not None:
+                exc = exc.__cause__
             failures[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             continue
         reachable.update(plan.steps)
