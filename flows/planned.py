@@ -1,11 +1,12 @@
 """Planning an experiment: the one way `run`, `plan`, `explain`, `verify`, `gc` and the
-evaluate-latest flow turn an experiment and its parameters into a plan (nothing executes)."""
+evaluate-latest flow turn an experiment and its parameters into a plan (nothing executes);
+`plan_command` adds what the command line needs (`--param` text, `--force` globs)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import Flow
@@ -33,3 +34,50 @@ def plan_experiment(
     except Exception as exc:
         raise PlanningFailed(str(exc)) from exc
     return params, plan
+
+
+class ArgumentError(ValueError):
+    """A step argument that cannot work, found by planning before anything ran."""
+
+
+def plan_command(
+    experiment: str,
+    param_pairs: Sequence[str],
+    force: Sequence[str] = (),
+    quiet: bool = False,
+) -> tuple[Flow, dict[str, Any], planning.Plan]:
+    """What a command plans: load the experiment, bind `--param` pairs, set `--force`, plan
+    (identities only: milliseconds) and check the `--force` globs. A bad argument is one
+    `ArgumentError` line."""
+    from flows.loader import load_flow
+    from flows.params import parse
+    from tasks.core import set_force
+
+    flow = load_flow(experiment)
+    raw = parse(param_pairs)
+    set_force(force)
+    try:
+        params, plan = plan_experiment(flow, raw, quiet)
+    except PlanningFailed as failed:
+        exc = failed.__cause__
+        if isinstance(exc, (ValueError, TypeError)):
+            raise ArgumentError(" ".join(str(exc).split())) from exc
+        raise ArgumentError(
+            f"experiment {experiment} failed while planning: {type(exc).__name__}: "
+            + " ".join(str(exc).split())[:500]
+        ) from exc
+    _check_force_globs(force, plan)
+    return flow, params, plan
+
+
+def _check_force_globs(force: Sequence[str], plan) -> None:
+    import fnmatch
+
+    names = sorted({item.ref.name for item in plan.steps.values()})
+    keys = [*names, *plan.steps]
+    idle = [g for g in force if not any(fnmatch.fnmatchcase(n, g) for n in keys)]
+    if idle:
+        raise ArgumentError(
+            f"--force {' '.join(idle)} matches no step of the plan; its steps are: "
+            + ", ".join(names)
+        )

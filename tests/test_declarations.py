@@ -114,13 +114,14 @@ def test_input_paths_and_tokenizers_given_as_strings_are_identity():
 
 def _pipeline_steps() -> list[tuple[str, Step]]:
     found = {}
-    for info in pkgutil.iter_modules(tasks.__path__):
-        if info.name in ("core", "lm"):
-            continue
-        module = importlib.import_module(f"tasks.{info.name}")
+    # the flat layout's modules: those still in tasks/ and the moved ones (tasks.MOVED)
+    names = [info.name for info in pkgutil.iter_modules(tasks.__path__) if not info.ispkg]
+    names += [old.removeprefix("tasks.") for old in tasks.MOVED]
+    for name in names:
+        module = importlib.import_module(f"tasks.{name}")
         for value in vars(module).values():
             if isinstance(value, Step) and value.definition.fn.__module__ == module.__name__:
-                found[f"{info.name}.{value.definition.fn.__name__}"] = value
+                found[f"{name}.{value.definition.fn.__name__}"] = value
     return sorted(found.items())
 
 
