@@ -335,8 +335,8 @@ MUTANTS = [
     Mutant(
         "evaluate imports the training step again",
         "tasks/lm/evaluate.py",
-        "from tasks.lm.model import llama_config, write_reference_config",
-        "from tasks.lm.train import llama_config, write_reference_config",
+        "from tasks.lm.model import check_tokenizer_matches, reference_model",
+        "from tasks.lm.model import check_tokenizer_matches\nfrom tasks.lm.train import reference_model",
         ("tests/test_layout.py::test_readers_do_not_import_the_steps_that_write_what_they_read",),
     ),
     Mutant(

@@ -266,11 +266,6 @@ def _check(
     _check_arguments(tasks, task_folder, max_eval_instances, num_fewshot, batch_size)
 
 
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
-    return accelerators.ray_resources(accelerator)
-
-
 @step(
     # Everything that changes the numbers: the model, its tokenizer, which tasks (and the
     # content of the local ones), how many instances of each, and the shots. levanter fixes
@@ -280,7 +275,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     operational=["batch_size", "accelerator"],
     name="harness/{name}",
     validate=_check,
-    resources=_ray_options,
+    resources=accelerators.ray_options,
     isolate=True,
 )
 def harness_eval(
@@ -467,7 +462,7 @@ def _run(
     from tasks.lm.model import llama_config
 
     hf_tokenizer = load_tokenizer(tokenizer)
-    model_config = llama_config(**trained["model"], tokenizer=tokenizer, reference=log_dir)
+    model_config = llama_config(trained["model"], tokenizer, log_dir)
     devices = jax.device_count()
     trainer = TrainerConfig(
         require_accelerator=False,

@@ -499,10 +499,6 @@ def choose(
     }
 
 
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    return accelerators.ray_resources(accelerator)
-
-
 @step(
     hash_attrs=[
         "analysis",
@@ -518,7 +514,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],
     name="optimal/{name}",
     validate=_check_optimal,
-    resources=_ray_options,
+    resources=accelerators.ray_options,
     resumable=True,  # it is train_lm inside: an attempt resumes from the newest checkpoint
     isolate=True,
 )
