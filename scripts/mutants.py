@@ -93,7 +93,7 @@ MUTANTS = [
             "tests/test_cli_cache.py::test_lr_sweep_plans_one_training_per_learning_rate",
             "tests/test_declarations.py::test_operational_parameters_are_pinned",
         ),
-        # (OPTIM_ATTRS loses it below, in the same file, by a second replacement)
+        # (train_lm's hash attributes lose it below, in the same file, by a second replacement)
     ),
     Mutant(
         "bits_per_byte computed as the loss",
@@ -360,9 +360,9 @@ MUTANTS = [
     Mutant(
         "evaluate imports the training step again",
         "tasks/lm/evaluate.py",
-        "from tasks.lm.model import check_tokenizer_matches, llama_config, write_reference_config",
-        "from tasks.lm.train import llama_config, write_reference_config\n"
-        "from tasks.lm.model import check_tokenizer_matches",
+        "from tasks.lm.model import check_tokenizer_matches, reference_model",
+        "from tasks.lm.model import check_tokenizer_matches\n"
+        "from tasks.lm.train import reference_model",
         ("tests/test_layout.py::test_readers_do_not_import_the_steps_that_write_what_they_read",),
     ),
     Mutant(
@@ -544,15 +544,14 @@ MUTANTS += [
     ),
     Mutant(
         "weight_decay not passed to the optimizer",
-        "tasks/lm/train.py",
-        "    optimizer = AdamConfig(\n        learning_rate=learning_rate,\n"
-        "        weight_decay=weight_decay,\n",
-        "    optimizer = AdamConfig(\n        learning_rate=learning_rate,\n",
+        "tasks/lm/train_run.py",
+        "optimizer=AdamConfig(**pick(arguments, OPTIM_ATTRS)),",
+        'optimizer=AdamConfig(**pick(arguments, [n for n in OPTIM_ATTRS if n != "weight_decay"])),',
         ("tests/test_audit_bugs.py::test_the_weight_decay_asked_for_reaches_levanters_optimizer",),
     ),
     Mutant(
         "sft trains on the user's turns",
-        "tasks/lm/sft.py",
+        "tasks/lm/chat_data.py",
         "format=ChatLmDatasetFormat(chat_template=chat_template)",
         "format=ChatLmDatasetFormat(chat_template=chat_template, mask_user_turns=False)",
         ("tests/test_audit_bugs.py::test_a_built_chat_example_trains_on_the_assistant_turn_only",),
@@ -601,7 +600,7 @@ MUTANTS += [
     ),
     Mutant(
         "local harness tasks are not checked when planned",
-        "tasks/lm/harness.py",
+        "tasks/lm/harness_folder.py",
         "        _check_local_task(name, config, files)\n",
         "",
         (
@@ -656,7 +655,11 @@ MUTANTS += [
 
 EXTRA = {
     "learning_rate made operational in train_lm": [
-        ("tasks/lm/train.py", 'OPTIM_ATTRS = [\n    "learning_rate",\n', "OPTIM_ATTRS = [\n")
+        (
+            "tasks/lm/train.py",
+            "        *TRAINING_ATTRS,\n",
+            '        *(name for name in TRAINING_ATTRS if name != "learning_rate"),\n',
+        )
     ],
 }
 

@@ -64,6 +64,12 @@ def ray_resources(accelerator: str, num_cpus: int | None = None) -> dict[str, An
     }
 
 
+def ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
+    """A step's `resources=`: Ray remote options from the call's `accelerator` argument (the
+    step passes every argument; the others do not change where it runs)."""
+    return ray_resources(accelerator)
+
+
 def check(accelerator: Any) -> None:
     """Raise AcceleratorError unless `accelerator` can be placed (used by step validation)."""
     ray_resources(accelerator)

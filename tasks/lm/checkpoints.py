@@ -1,9 +1,11 @@
-"""Finding levanter checkpoints in a training output and choosing which ones levanter keeps."""
+"""What a training output holds: finding its levanter checkpoints and HF exports, reading its
+`train_config.json`, and choosing which checkpoints levanter keeps."""
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import fsspec
 
@@ -57,10 +59,9 @@ def checkpoint_keep(checkpoint_every: int | None, num_train_steps: int) -> list[
     return keep
 
 
-def final_checkpoint(model: str) -> str:
-    """The complete checkpoint (one with levanter's `metadata.json`, written last) of the
-    highest step under `model/checkpoints` (any fsspec URL)."""
-    root = f"{model.rstrip('/')}/checkpoints"
+def _step_folders(root: str) -> tuple[Any, str, list[str]]:
+    """(filesystem, path, `step-N` folder names newest first) under `root` (any fsspec URL;
+    none if it does not exist)."""
     fs, path = fsspec.core.url_to_fs(root)
     try:
         entries = fs.ls(path, detail=False)
@@ -71,10 +72,45 @@ def final_checkpoint(model: str) -> str:
         match = _STEP_DIR.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
         if match:
             steps.append((int(match.group(1)), match.group(0)))
-    for _, folder in sorted(steps, reverse=True):
-        if fs.exists(f"{path.rstrip('/')}/{folder}/metadata.json"):
+    return fs, path.rstrip("/"), [folder for _, folder in sorted(steps, reverse=True)]
+
+
+def final_checkpoint(model: str) -> str:
+    """The complete checkpoint (one with levanter's `metadata.json`, written last) of the
+    highest step under `model/checkpoints` (any fsspec URL)."""
+    root = f"{model.rstrip('/')}/checkpoints"
+    fs, path, folders = _step_folders(root)
+    for folder in folders:
+        if fs.exists(f"{path}/{folder}/metadata.json"):
             return f"{root}/{folder}"
     raise FileNotFoundError(f"no complete levanter checkpoint under {root}")
+
+
+def latest_hf_export(model: str) -> str:
+    """The newest complete HF export (`hf/step-N` with config.json and weights) of a
+    `train_lm` or `sft` output at any fsspec URL: what fine-tuning starts from."""
+    root = join_url(model, "hf")
+    fs, path, folders = _step_folders(root)
+    for folder in folders:
+        names = {e.rsplit("/", 1)[-1] for e in fs.ls(f"{path}/{folder}", detail=False)}
+        if "config.json" in names and any(n.endswith(".safetensors") for n in names):
+            return f"{root}/{folder}"
+    raise FileNotFoundError(f"no HF export (hf/step-N with config.json and weights) in {model}")
+
+
+def trained_config(model: Any) -> dict | None:
+    """A training output's `train_config.json` (its shape and vocabulary), or None while the
+    model is not there yet (a plan made before pretraining ran; the task checks again)."""
+    from tasks.core import StepRef
+
+    path = model.path if isinstance(model, StepRef) else model
+    if not isinstance(path, str):
+        return None
+    try:
+        with fsspec.open(join_url(path, "train_config.json"), "r") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
 
 
 def waitable_checkpointer_config():

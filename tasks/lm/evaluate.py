@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 from typing import Any
@@ -19,12 +18,7 @@ from tasks.data.tokenizer_files import load_tokenizer
 from tasks.lm import accelerators
 from tasks.lm.checkpoints import final_checkpoint
 from tasks.lm.files import write_json
-from tasks.lm.model import check_tokenizer_matches, llama_config, write_reference_config
-
-
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
-    return accelerators.ray_resources(accelerator)
+from tasks.lm.model import check_tokenizer_matches, reference_model
 
 
 def _check(accelerator: Any = "cpu", **_: Any) -> None:
@@ -37,7 +31,7 @@ def _check(accelerator: Any = "cpu", **_: Any) -> None:
     operational=["accelerator"],
     name="eval/{name}",
     validate=_check,
-    resources=_ray_options,
+    resources=accelerators.ray_options,
     isolate=True,
 )
 def evaluate(
@@ -70,9 +64,7 @@ def evaluate(
     # so the model's is rebuilt locally from its config rather than read from hf_reference/.
     work = tempfile.mkdtemp(prefix="lmflows-eval-")
     try:
-        reference = os.path.join(work, "hf_reference")
-        model_config = llama_config(**trained["model"], tokenizer=tokenizer, reference=reference)
-        write_reference_config(model_config, trained["vocab_size"], reference)
+        model_config = reference_model(trained["model"], tokenizer, trained["vocab_size"], work)
         data_config = LMMixtureDatasetConfig(
             tokenizer=tokenizer,
             cache_dir=None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import os
@@ -36,151 +35,35 @@ from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.data.tokenizer_files import load_tokenizer
 from tasks.lm import accelerators
+from tasks.lm.harness_folder import (
+    BUNDLED_TASKS,
+    SCORED_OUTPUT_TYPES,
+    HarnessTaskError,
+    canonical_folder,
+    digest,
+    harness_tasks,
+    read_folder,
+    task_configs,
+    write_local_tasks,
+)
 from tasks.lm.model import check_tokenizer_matches
 
-BUNDLED_TASKS = "data/harness"
-# The files of a task folder that define its tasks and data (README.md and make_task.py don't).
-_TASK_SUFFIXES = (".yaml", ".yml")
-_DATA_SUFFIXES = (".jsonl", ".json")
+# What this module offered before the task-folder code moved out; experiments and tests
+# import them from here.
+__all__ = [
+    "BUNDLED_TASKS",
+    "SCORED_OUTPUT_TYPES",
+    "HarnessTaskError",
+    "canonical_folder",
+    "harness_eval",
+    "harness_tasks",
+    "reduce_results",
+    "table_rows",
+]
+
 # Standard errors of means (acc, acc_norm) are closed-form; this only matters for metrics
 # that lm-eval bootstraps. Fixed, so it is not an argument.
 _BOOTSTRAP_ITERS = 1000
-
-
-class HarnessTaskError(ValueError):
-    """A task list, task folder or harness argument that cannot be evaluated."""
-
-
-def _resolve(folder: str) -> str:
-    """Relative local folders are relative to the lmflows checkout, like download's URLs."""
-    from tasks.data.download import resolve_source
-
-    return resolve_source(folder)
-
-
-def _read_folder(folder: str) -> dict[str, bytes]:
-    """file name -> bytes of the task YAMLs and data files directly in `folder` (any fsspec
-    URL)."""
-    fs, root = fsspec.core.url_to_fs(_resolve(folder))
-    if not fs.isdir(root):
-        raise HarnessTaskError(f"harness task folder {folder!r} does not exist")
-    files = {}
-    for entry in sorted(fs.ls(root, detail=False)):
-        base = entry.rstrip("/").rsplit("/", 1)[-1]
-        if base.endswith(_TASK_SUFFIXES + _DATA_SUFFIXES) and fs.isfile(entry):
-            files[base] = fs.cat_file(entry)
-    if not any(name.endswith(_TASK_SUFFIXES) for name in files):
-        raise HarnessTaskError(f"harness task folder {folder!r} holds no task YAML")
-    return files
-
-
-def _digest(files: dict[str, bytes]) -> str:
-    outer = hashlib.sha256()
-    for name in sorted(files):
-        outer.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
-    return outer.hexdigest()
-
-
-def harness_tasks(folder: str = BUNDLED_TASKS) -> dict[str, str]:
-    """The `task_folder` argument of `harness_eval`: the folder and a digest of its content.
-
-    Called where the flow is written (it reads the folder), so the content is part of the
-    step's identity: a changed YAML or JSONL gives a new output instead of a stale cache hit.
-    """
-    return {"path": canonical_folder(folder), "sha256": _digest(_read_folder(folder))}
-
-
-def canonical_folder(folder: str) -> str:
-    """One spelling per folder, so the identity does not depend on how the path was written
-    or where the checkout lives: a folder inside the checkout is relative to it
-    (`data/harness`, also for `./data/harness/`, its absolute path or `file://` URL); others
-    are normalised (no trailing `/`, no `.` segments)."""
-    from tasks.data.download import REPO_ROOT
-
-    if folder.startswith("file://"):
-        folder = folder[len("file://") :]
-    if "://" in folder:
-        return folder.rstrip("/")
-    absolute = Path(_resolve(folder)).resolve()
-    if absolute.is_relative_to(REPO_ROOT):
-        return absolute.relative_to(REPO_ROOT).as_posix()
-    return absolute.as_posix()
-
-
-def _task_configs(files: dict[str, bytes]) -> dict[str, tuple[str, dict]]:
-    """task name -> (YAML file name, parsed config) of every task YAML in a folder."""
-    import yaml
-
-    found: dict[str, tuple[str, dict]] = {}
-    for name, content in files.items():
-        if not name.endswith(_TASK_SUFFIXES):
-            continue
-        try:
-            config = yaml.safe_load(content)
-        except yaml.YAMLError as exc:
-            # Local tasks are plain YAML: lm-eval's `!function` and `include:` need Python
-            # files and other YAMLs beside them, which this step does not carry.
-            raise HarnessTaskError(f"harness task {name}: not plain YAML ({exc})") from None
-        if not isinstance(config, dict) or not isinstance(config.get("task"), str):
-            raise HarnessTaskError(f"harness task {name}: needs a `task:` name")
-        if config["task"] in found:
-            raise HarnessTaskError(f"harness task {config['task']!r} is defined twice")
-        # Everything a task reads must be in the folder's digest: its own YAML and the
-        # json files its data_files name (rewritten to the folder at run time). `include:`,
-        # other dataset builders and `data_dir` read files the digest does not cover.
-        if "include" in config:
-            raise HarnessTaskError(f"harness task {name}: `include:` is not supported here")
-        if config.get("dataset_path") != "json" or "data_dir" in config:
-            raise HarnessTaskError(
-                f"harness task {name}: local tasks read JSON files of their folder "
-                f"(`dataset_path: json` with `dataset_kwargs.data_files`), not "
-                f"dataset_path={config.get('dataset_path')!r}"
-            )
-        _check_local_task(name, config, files)
-        found[config["task"]] = (name, config)
-    return found
-
-
-# What levanter's harness model scores here: `loglikelihood_rolling` raises a bare
-# NotImplementedError in it and `generate_until` fails with a TypeError on our models.
-SCORED_OUTPUT_TYPES = ("multiple_choice", "loglikelihood")
-
-
-def _check_local_task(name: str, config: dict, files: dict[str, bytes]) -> None:
-    """What lm-eval would find only after the model loaded: an output type levanter cannot
-    score, a split missing from `data_files`, a data file that is absent or empty."""
-    output_type = config.get("output_type", "generate_until")  # lm-eval's default
-    if output_type not in SCORED_OUTPUT_TYPES:
-        raise HarnessTaskError(
-            f"harness task {name}: output_type {output_type!r} cannot be scored here (levanter's"
-            f" harness scores {' and '.join(SCORED_OUTPUT_TYPES)})"
-        )
-    data_files = (config.get("dataset_kwargs") or {}).get("data_files")
-    if isinstance(data_files, str):
-        data_files = {"train": data_files}  # the json builder's one-file form
-    if not isinstance(data_files, dict) or not data_files:
-        raise HarnessTaskError(f"harness task {name}: needs dataset_kwargs.data_files")
-    for key in ("test_split", "validation_split", "fewshot_split", "training_split"):
-        split = config.get(key)
-        if split is not None and split not in data_files:
-            raise HarnessTaskError(
-                f"harness task {name}: {key} {split!r} is not a split of its data_files"
-                f" ({', '.join(sorted(map(str, data_files)))})"
-            )
-    if config.get("test_split") is None and config.get("validation_split") is None:
-        raise HarnessTaskError(f"harness task {name}: needs a test_split (or validation_split)")
-    for split, names in data_files.items():
-        for data_name in [names] if isinstance(names, str) else list(names or []):
-            base = str(data_name).rsplit("/", 1)[-1]
-            content = files.get(base)
-            if content is None:
-                raise HarnessTaskError(
-                    f"harness task {name}: data file {data_name!r} ({split}) is not in its folder"
-                )
-            if not content.strip():
-                raise HarnessTaskError(
-                    f"harness task {name}: data file {data_name!r} ({split}) has no documents"
-                )
 
 
 @functools.lru_cache(maxsize=1)
@@ -229,14 +112,14 @@ def _check_arguments(
                 f"task_folder must be harness_tasks(FOLDER) ({{'path', 'sha256'}}), "
                 f"not {task_folder!r}"
             )
-        files = _read_folder(task_folder["path"])
-        if _digest(files) != task_folder["sha256"]:
+        files = read_folder(task_folder["path"])
+        if digest(files) != task_folder["sha256"]:
             raise HarnessTaskError(
                 f"task folder {task_folder['path']!r} changed since its digest was taken "
                 f"(task_folder sha256 {task_folder['sha256'][:12]}..., now "
-                f"{_digest(files)[:12]}...): pass harness_tasks({task_folder['path']!r})"
+                f"{digest(files)[:12]}...): pass harness_tasks({task_folder['path']!r})"
             )
-        configs = _task_configs(files)
+        configs = task_configs(files)
     local = [t for t in tasks if t in configs]
     hub = [t for t in tasks if t not in configs]
     if hub:
@@ -266,11 +149,6 @@ def _check(
     _check_arguments(tasks, task_folder, max_eval_instances, num_fewshot, batch_size)
 
 
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
-    return accelerators.ray_resources(accelerator)
-
-
 @step(
     # Everything that changes the numbers: the model, its tokenizer, which tasks (and the
     # content of the local ones), how many instances of each, and the shots. levanter fixes
@@ -280,7 +158,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     operational=["batch_size", "accelerator"],
     name="harness/{name}",
     validate=_check,
-    resources=_ray_options,
+    resources=accelerators.ray_options,
     isolate=True,
 )
 def harness_eval(
@@ -320,7 +198,7 @@ def harness_eval(
     work = tempfile.mkdtemp(prefix="lmflows-harness-")
     try:
         task_dir = os.path.join(work, "tasks")
-        _write_local_tasks(task_dir, {t: configs[t] for t in local}, files, work)
+        write_local_tasks(task_dir, {t: configs[t] for t in local}, files, work)
         with restored_root_logging(), _offline(not hub):
             report = _run(
                 trained,
@@ -358,44 +236,6 @@ def harness_eval(
         "max_eval_instances": max_eval_instances,
         "num_fewshot": num_fewshot,
     }
-
-
-def _write_local_tasks(
-    task_dir: str, configs: dict[str, tuple[str, dict]], files: dict[str, bytes], work: str
-) -> None:
-    """The local tasks' YAMLs and data in a temporary folder, with `data_files` made absolute
-    (the `json` dataset builder resolves relative paths against the working directory) and
-    the datasets cache kept in the step's temporary folder instead of ~/.cache."""
-    import yaml
-
-    os.makedirs(task_dir)
-    for task, (yaml_name, config) in configs.items():
-        config = json.loads(json.dumps(config))  # a copy
-        kwargs = dict(config.get("dataset_kwargs") or {})
-        data_files = kwargs.get("data_files")
-        if config.get("dataset_path") == "json" and data_files is not None:
-            kwargs["data_files"] = _absolute(data_files, task_dir, files, task)
-            kwargs["cache_dir"] = os.path.join(work, "datasets-cache")
-            config["dataset_kwargs"] = kwargs
-        with open(os.path.join(task_dir, yaml_name), "w") as handle:
-            yaml.safe_dump(config, handle, sort_keys=False)
-
-
-def _absolute(data_files: Any, task_dir: str, files: dict[str, bytes], task: str) -> Any:
-    if isinstance(data_files, dict):
-        return {k: _absolute(v, task_dir, files, task) for k, v in data_files.items()}
-    if isinstance(data_files, list):
-        return [_absolute(v, task_dir, files, task) for v in data_files]
-    if not isinstance(data_files, str) or data_files not in files:
-        raise HarnessTaskError(
-            f"harness task {task!r}: data file {data_files!r} is not a .jsonl/.json file of "
-            "its task folder"
-        )
-    path = os.path.join(task_dir, data_files)
-    if not os.path.exists(path):
-        with open(path, "wb") as handle:
-            handle.write(files[data_files])
-    return path
 
 
 @contextlib.contextmanager
@@ -467,7 +307,7 @@ def _run(
     from tasks.lm.model import llama_config
 
     hf_tokenizer = load_tokenizer(tokenizer)
-    model_config = llama_config(**trained["model"], tokenizer=tokenizer, reference=log_dir)
+    model_config = llama_config(trained["model"], tokenizer, log_dir)
     devices = jax.device_count()
     trainer = TrainerConfig(
         require_accelerator=False,

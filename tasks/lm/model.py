@@ -5,41 +5,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
-MODEL_ATTRS = [
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "num_kv_heads",
-    "intermediate_dim",
-    "seq_len",
-]
+from tasks.data.checks import positive
+
+# levanter LlamaConfig's field names, also the steps' argument names: the architecture (one
+# size of a scaling grid) and, with the sequence length, the model shape a training records.
+ARCH_ATTRS = ("hidden_dim", "num_layers", "num_heads", "num_kv_heads", "intermediate_dim")
+MODEL_ATTRS = (*ARCH_ATTRS, "seq_len")
 
 
-def llama_config(
-    hidden_dim: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_dim: int,
-    seq_len: int,
-    tokenizer: str,
-    reference: str,
-):
-    """levanter's LlamaConfig (arguments checked by `tasks.lm.checks.train_lm`)."""
+def model_shape(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The MODEL_ATTRS of `arguments` (a step's arguments, a `train_config.json`'s model)."""
+    return {key: arguments[key] for key in MODEL_ATTRS}
+
+
+def check_shape(shape: Mapping[str, Any]) -> None:
+    """Refuse a shape levanter cannot build: sizes that are not positive integers, heads that
+    do not divide the hidden size, query heads not a multiple of the key-value heads."""
+    positive(**model_shape(shape))
+    hidden, heads, kv_heads = shape["hidden_dim"], shape["num_heads"], shape["num_kv_heads"]
+    if hidden % heads:
+        raise ValueError(f"hidden_dim={hidden} must be a multiple of num_heads={heads}")
+    if heads % kv_heads:
+        raise ValueError(f"num_heads={heads} must be a multiple of num_kv_heads={kv_heads}")
+
+
+def llama_config(shape: Mapping[str, Any], tokenizer: str, reference: str) -> Any:
+    """levanter's LlamaConfig of `shape` (MODEL_ATTRS; checked by `check_shape`)."""
     from levanter.models.llama import LlamaConfig
 
-    return LlamaConfig(
-        seq_len=seq_len,
-        hidden_dim=hidden_dim,
-        intermediate_dim=intermediate_dim,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        tokenizer=tokenizer,
-        reference_checkpoint=reference,
-    )
+    return LlamaConfig(**model_shape(shape), tokenizer=tokenizer, reference_checkpoint=reference)
 
 
 def write_reference_config(model_config, vocab_size: int, path: str) -> None:
@@ -47,6 +45,16 @@ def write_reference_config(model_config, vocab_size: int, path: str) -> None:
     read gs://: `path` must be a local folder."""
     hf_config = model_config.to_hf_config(vocab_size)
     hf_config.save_pretrained(path)
+
+
+def reference_model(shape: Mapping[str, Any], tokenizer: str, vocab_size: int, work: str) -> Any:
+    """levanter's LlamaConfig of `shape`, its HF reference config (what the export converts
+    with) written to the local folder `work/hf_reference`: transformers reads it and cannot
+    read gs://."""
+    reference = os.path.join(work, "hf_reference")
+    model = llama_config(shape, tokenizer, reference)
+    write_reference_config(model, vocab_size, reference)
+    return model
 
 
 def tokenizer_fingerprint(hf_tokenizer: Any) -> str:

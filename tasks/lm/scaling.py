@@ -18,7 +18,6 @@ approximation, not a FLOP count (the attention term is left out).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -30,15 +29,15 @@ import fsspec
 from tasks.core import step
 from tasks.lm import accelerators
 from tasks.lm import scaling_fit as fit
+from tasks.lm.model import ARCH_ATTRS, model_shape
+from tasks.lm.scaling_plot import ANALYSIS_FILE, PLOT_FILE, plot_scaling, publish_scaling
 
 logger = logging.getLogger("lmflows.scaling")
 
-ANALYSIS_FILE = "analysis.json"
-PLOT_FILE = "scaling.png"
 OPTIMAL_FILE = "optimal.json"
 # The keys of one size of the grid: train_lm's model arguments except seq_len, which is
 # shared by the whole sweep.
-ARCH_KEYS = ("hidden_dim", "num_layers", "num_heads", "num_kv_heads", "intermediate_dim")
+ARCH_KEYS = ARCH_ATTRS
 MIN_STEPS = 2  # train_lm's minimum (levanter saves no checkpoint at step 0)
 
 
@@ -209,7 +208,7 @@ def read_run(run: Mapping[str, Any], loss_key: str) -> dict[str, Any]:
         "compute": fit.FLOPS_PER_PARAM_TOKEN * params * int(run["tokens"]),
         "loss": float(final[loss_key]),
         "final_step": final.get("step"),
-        "architecture": {k: arch[k] for k in (*ARCH_KEYS, "seq_len")},
+        "architecture": model_shape(arch),
         "vocab_size": int(trained["vocab_size"]),
         "model": _relative_to_prefix(model),
     }
@@ -235,116 +234,6 @@ def analyze(
     except fit.ScalingFitError as exc:
         frontier, error = None, str(exc)
     return {"budgets": fits, "frontier": frontier, "frontier_error": error}
-
-
-def plot_scaling(analysis: Mapping[str, Any], title: str) -> bytes:
-    """The picture as PNG bytes: loss against N per budget with the fitted parabolas and their
-    minima (hollow: outside the sampled sizes), and the frontier N_opt(C), D_opt(C)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-    import numpy as np
-
-    fits = analysis["budgets"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
-    colors = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(fits), 1)))
-    for color, budget in zip(colors, fits):
-        params = np.asarray(budget["params"], float)
-        lo, hi = np.log(params.min()), np.log(params.max())
-        pad = 0.25 * (hi - lo)
-        curve = np.exp(np.linspace(lo - pad, hi + pad, 200))
-        label = f"C={budget['budget']:.3g}"
-        left.plot(params, budget["losses"], "o", color=color, label=label)
-        left.plot(curve, fit.parabola(budget["coefficients"], curve), "-", color=color, lw=1)
-        if budget["status"] == fit.NO_MINIMUM:
-            left.plot([], [], " ", label=f"  {label}: no minimum")
-        elif budget["params_opt"] is not None:
-            inside = budget["status"] == fit.MINIMUM
-            left.plot(
-                budget["params_opt"],
-                budget["loss_opt"],
-                "*",
-                ms=14,
-                color=color,
-                markerfacecolor=color if inside else "none",
-            )
-    left.set_xscale("log")
-    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
-    left.set_xlabel("parameters N")
-    left.set_ylabel("final validation loss (nats/token)")
-    left.set_title(f"{title}: isoflop curves (star: fitted minimum)")
-    left.legend(fontsize=8)
-
-    with_min = [b for b in fits if b["params_opt"] is not None]
-    frontier = analysis["frontier"]
-    used = set(frontier["budgets"]) if frontier else set()
-    for b in with_min:
-        face = "tab:blue" if b["budget"] in used else "none"
-        right.plot(b["budget"], b["params_opt"], "o", color="tab:blue", markerfacecolor=face)
-        face = "tab:orange" if b["budget"] in used else "none"
-        right.plot(b["budget"], b["tokens_opt"], "s", color="tab:orange", markerfacecolor=face)
-    if frontier:
-        budgets = np.asarray(frontier["budgets"], float)
-        span = np.geomspace(budgets.min() / 3, budgets.max() * 3, 50)
-        for key, color, name in (("params", "tab:blue", "N"), ("tokens", "tab:orange", "D")):
-            law = frontier[key]
-            right.plot(
-                span,
-                fit.power_law(law, span),
-                "-",
-                color=color,
-                label=f"{name}_opt = {law['coefficient']:.3g} C^{law['exponent']:.3f}",
-            )
-        right.legend(fontsize=8)
-    else:
-        right.text(
-            0.02,
-            0.5,
-            "no frontier:\n" + str(analysis["frontier_error"])[:200],
-            transform=right.transAxes,
-            fontsize=8,
-            wrap=True,
-        )
-    right.set_xscale("log")
-    right.set_yscale("log")
-    for axis in (right.xaxis, right.yaxis):
-        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    right.set_xlabel("compute C = 6ND (FLOPs)")
-    right.set_ylabel("N_opt (circles), D_opt (squares)")
-    right.set_title("compute-optimal frontier (hollow: not fitted)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _publish(picture: bytes, analysis: Mapping[str, Any], name: str, output_path: str) -> None:
-    """The picture (markdown with the PNG inline, as the loss curve is) and the optima as keyed
-    Prefect artifacts; a view only, never fails the step."""
-    from tasks.core import artifacts
-    from tasks.lm.report import publish_picture, url_of
-
-    if not artifacts.in_task_run():
-        return
-    where = artifacts.output_url() or url_of(output_path)
-    publish_picture(
-        artifacts.key("scaling", name),
-        f"Scaling laws: {name}",
-        picture,
-        f"PNG: `{where}/{PLOT_FILE}`, fits: `{where}/{ANALYSIS_FILE}`",
-        f"isoflop curves and compute-optimal frontier of {name}",
-    )
-    artifacts.publish_table(
-        artifacts.key("scaling-optima", name),
-        [
-            {k: b[k] for k in ("budget", "status", "params_opt", "tokens_opt", "loss_opt")}
-            for b in analysis["budgets"]
-        ],
-        f"per-budget optima of {name} ({where})",
-    )
 
 
 @step(
@@ -393,7 +282,7 @@ def analyze_scaling(
         json.dump(analysis, handle, indent=2)
     with fsspec.open(f"{base}/{PLOT_FILE}", "wb") as handle:
         handle.write(picture)
-    _publish(picture, analysis, name, output_path)
+    publish_scaling(picture, analysis, name, output_path)
     frontier = result["frontier"]
     return {
         "analysis": ANALYSIS_FILE,
@@ -499,10 +388,6 @@ def choose(
     }
 
 
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    return accelerators.ray_resources(accelerator)
-
-
 @step(
     hash_attrs=[
         "analysis",
@@ -518,7 +403,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],
     name="optimal/{name}",
     validate=_check_optimal,
-    resources=_ray_options,
+    resources=accelerators.ray_options,
     resumable=True,  # it is train_lm inside: an attempt resumes from the newest checkpoint
     isolate=True,
 )

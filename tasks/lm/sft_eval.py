@@ -18,19 +18,11 @@ from typing import Any
 from tasks.core import StepRef, step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.lm import accelerators
-from tasks.lm.checkpoints import final_checkpoint
+from tasks.lm.chat_data import VALIDATION_FILES, build_chat_cache, chat_data_config, chat_files
+from tasks.lm.chat_template import DEFAULT_CHAT_TEMPLATE, check_chat_template, templated_tokenizer
+from tasks.lm.checkpoints import final_checkpoint, trained_config
 from tasks.lm.files import write_json
-from tasks.lm.model import check_tokenizer_matches, llama_config, write_reference_config
-from tasks.lm.sft import (
-    DEFAULT_CHAT_TEMPLATE,
-    VALIDATION_FILES,
-    base_model_config,
-    build_chat_cache,
-    chat_data_config,
-    chat_files,
-    check_chat_template,
-    templated_tokenizer,
-)
+from tasks.lm.model import check_tokenizer_matches, reference_model
 
 
 def _check(
@@ -60,16 +52,11 @@ def _check(
     ):
         raise ValueError(f"max_eval_batches={max_eval_batches!r} must be a positive integer")
     check_chat_template(chat_template)
-    base = base_model_config(model)
+    base = trained_config(model)
     if base is not None and seq_len > base["model"]["seq_len"]:
         raise ValueError(
             f"seq_len={seq_len} is longer than the model's seq_len={base['model']['seq_len']}"
         )
-
-
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
-    return accelerators.ray_resources(accelerator)
 
 
 @step(
@@ -88,7 +75,7 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
     operational=["accelerator"],
     name="eval-chat/{name}",
     validate=_check,
-    resources=_ray_options,
+    resources=accelerators.ray_options,
     isolate=True,
 )
 def chat_eval(
@@ -111,7 +98,7 @@ def chat_eval(
     from tasks.lm.eval_run import run_eval_lm
 
     tensorstore_follows_emulator()
-    trained = base_model_config(model)
+    trained = trained_config(model)
     if trained is None:
         raise FileNotFoundError(f"{model} has no train_config.json: not a train_lm/sft output")
     work = tempfile.mkdtemp(prefix="lmflows-chat-eval-")
@@ -130,10 +117,8 @@ def chat_eval(
             os.path.join(cache_root, "validation"),
             seq_len,
         )
-        reference = os.path.join(work, "hf_reference")
         shape = {**trained["model"], "seq_len": seq_len}
-        model_config = llama_config(**shape, tokenizer=tokenizer_dir, reference=reference)
-        write_reference_config(model_config, trained["vocab_size"], reference)
+        model_config = reference_model(shape, tokenizer_dir, trained["vocab_size"], work)
         logged = run_eval_lm(
             final_checkpoint(model),
             model_config,

@@ -15,13 +15,9 @@ resumes from it, and `metrics.jsonl` keeps the earlier attempts' rows (each row 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import shutil
 import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -29,32 +25,53 @@ import fsspec
 from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.core.provenance import note
-from tasks.lm import accelerators, checks
-from tasks.lm.checkpoints import (
-    checkpoint_keep,
-    latest_checkpoint,
-    waitable_checkpointer_config,
-)
-from tasks.lm.files import join_url, put_folder, write_json
+from tasks.data.checks import positive
+from tasks.lm import accelerators
+from tasks.lm.checkpoints import checkpoint_keep, latest_checkpoint
+from tasks.lm.files import join_url, put_folder
 from tasks.lm.model import (
     MODEL_ATTRS,
+    check_shape,
     llama_config,
+    model_shape,
+    reference_model,
     tokenizer_fingerprint,
     write_reference_config,
 )
+from tasks.lm.train_run import (
+    LOGGING_ATTRS,
+    OPTIM_ATTRS,
+    TRAINING_ATTRS,
+    TrainPlan,
+    export_hf,
+    levanter_run,
+    pick,
+    plan_run,
+    publish,
+    train,
+)
+
+# This module's names, and what it offered before the model, checkpoints and the run moved
+# out (experiments import them from `tasks.train`, docs/migrating-from-marin.md).
+__all__ = [
+    "MODEL_ATTRS",
+    "OPTIM_ATTRS",
+    "SplitTooShortError",
+    "TrainPlan",
+    "build_train_config",
+    "check_split_lengths",
+    "check_train_lm",
+    "checkpoint_keep",
+    "export_hf",
+    "latest_checkpoint",
+    "llama_config",
+    "split_tokens",
+    "train_lm",
+    "training_is_done",
+    "write_reference_config",
+]
 
 logger = logging.getLogger("lmflows.train")
-
-OPTIM_ATTRS = [
-    "learning_rate",
-    "weight_decay",
-    "warmup",
-    "min_lr_ratio",
-    "lr_schedule",
-    "beta1",
-    "beta2",
-    "max_grad_norm",
-]
 
 
 class SplitTooShortError(ValueError):
@@ -88,9 +105,34 @@ def check_split_lengths(data: dict, seq_len: int) -> None:
                 )
 
 
-def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
-    """Ray remote options of a call (the step's `resources`): what its accelerator needs."""
-    return accelerators.ray_resources(accelerator)
+def check_train_lm(
+    data: Any,
+    weights: Any,
+    batch_size: int,
+    num_train_steps: int,
+    learning_rate: float,
+    accelerator: Any = "cpu",
+    checkpoint_every: Any = None,
+    **arguments: Any,
+) -> None:
+    """`train_lm`'s `validate=`: every argument, before anything is read or written."""
+    accelerators.check(accelerator)
+    if checkpoint_every is not None:
+        positive(checkpoint_every=checkpoint_every)
+    if not isinstance(data, dict) or not data:
+        raise ValueError("data must map at least one dataset name to a tokenize output")
+    unknown = sorted(set(weights or {}) - set(data))
+    if unknown:
+        raise ValueError(f"weights name datasets not in data: {unknown}")
+    positive(batch_size=batch_size, num_train_steps=num_train_steps)
+    check_shape(arguments)
+    if num_train_steps < 2:
+        raise ValueError(
+            f"num_train_steps={num_train_steps}: levanter saves no checkpoint at step 0, so a "
+            "1-step run leaves no model to evaluate or resume; use at least 2"
+        )
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate={learning_rate} must be positive")
 
 
 @step(
@@ -99,18 +141,14 @@ def _ray_options(accelerator: str = "cpu", **_: Any) -> dict[str, Any]:
         "weights",
         "tokenizer",
         *MODEL_ATTRS,
-        *OPTIM_ATTRS,
-        "batch_size",
-        "num_train_steps",
-        "seed",
-        "mixed_precision",
+        *TRAINING_ATTRS,
     ],
     # Evaluation cadence, checkpoint frequency and the hardware change what is logged and
     # kept along the way and where it runs, not the trained model.
     operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],
     name="checkpoints/{name}",
-    validate=checks.train_lm,
-    resources=_ray_options,
+    validate=check_train_lm,
+    resources=accelerators.ray_options,
     resumable=True,
     isolate=True,
 )
@@ -153,11 +191,8 @@ def train_lm(
     `accelerator` (what the call asks Ray for, `tasks.lm.accelerators`) are operational.
     An attempt after an interrupted one resumes from its newest complete checkpoint.
     """
-    import levanter.main.train_lm as levanter_train
-
-    from tasks.lm.report import progress_reporter, publish_training_report
-    from tasks.lm.root_logging import restored_root_logging
-    from tasks.lm.tracker import finish_all
+    arguments = dict(locals())  # first: the call's arguments by name, what levanter is given
+    from tasks.lm.report import progress_reporter
     from tasks.lm.tracker import repair as repair_metrics
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
@@ -167,71 +202,26 @@ def train_lm(
     note(resumed_from_step=resumed[1] if resumed else None)
     if resumed:
         logger.info("attempt %s resumes from %s (step %d)", attempt, resumed[0], resumed[1])
-    work = tempfile.mkdtemp(prefix="lmflows-train-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="lmflows-train-", ignore_cleanup_errors=True) as work:
         plan = build_train_config(
             data,
             tokenizer,
             output_path,
-            weights=weights,
-            hidden_dim=hidden_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            intermediate_dim=intermediate_dim,
-            seq_len=seq_len,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup=warmup,
-            min_lr_ratio=min_lr_ratio,
-            lr_schedule=lr_schedule,
-            beta1=beta1,
-            beta2=beta2,
-            max_grad_norm=max_grad_norm,
-            batch_size=batch_size,
-            num_train_steps=num_train_steps,
-            seed=seed,
-            mixed_precision=mixed_precision,
-            steps_per_eval=steps_per_eval,
-            max_eval_batches=max_eval_batches,
-            checkpoint_every=checkpoint_every,
+            **pick(arguments, _BUILD_ARGUMENTS),
             on_step=progress_reporter(name, num_train_steps, batch_size * seq_len),
             attempt=attempt,
             work_dir=work,
         )
-        try:
-            with restored_root_logging():
-                if resumed and training_is_done(resumed[1], num_train_steps):
-                    # Killed after its last checkpoint: levanter would resume at the end and
-                    # raise "No training steps were executed". Finish from that checkpoint.
-                    logger.info("attempt %s: training was done at step %d", attempt, resumed[1])
-                    export_hf(plan, resumed[0], join_url(output_path, "hf", f"step-{resumed[1]}"))
-                    repair_metrics(plan.metrics_path)
-                else:
-                    levanter_train.main(plan.config)
-                    plan.checkpointer.wait_until_finished()  # levanter saves the last async
-        finally:
-            finish_all(plan.metrics_path)  # a failed run still leaves its metrics so far
-        final = publish_training_report(
-            plan.metrics_path,
-            output_path,
-            name,
-            eval_subset=max_eval_batches * batch_size if max_eval_batches else None,
-        )
-        write_json(
-            join_url(output_path, "train_config.json"),
-            {
-                "model": {k: getattr(plan.config.model, k) for k in MODEL_ATTRS},
-                # read back from levanter's own optimizer config: what it trains with
-                "optimizer": {k: getattr(plan.config.optimizer, k) for k in OPTIM_ATTRS},
-                "vocab_size": plan.vocab_size,
-                "tokenizer_sha256": plan.tokenizer_sha256,
-                "data": sorted(data),
-                "weights": plan.weights,
-            },
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        with levanter_run(plan):
+            if resumed and training_is_done(resumed[1], num_train_steps):
+                # Killed after its last checkpoint: levanter would resume at the end and
+                # raise "No training steps were executed". Finish from that checkpoint.
+                logger.info("attempt %s: training was done at step %d", attempt, resumed[1])
+                export_hf(plan, resumed[0], join_url(output_path, "hf", f"step-{resumed[1]}"))
+                repair_metrics(plan.metrics_path)
+            else:
+                train(plan)
+        final = publish(plan, output_path, name, arguments, sorted(data))
     return {
         "final": final,
         "hf_export": "hf",
@@ -246,42 +236,8 @@ def training_is_done(checkpoint_step: int, num_train_steps: int) -> bool:
     return checkpoint_step >= num_train_steps - 1
 
 
-def export_hf(plan: TrainPlan, checkpoint: str, hf_dir: str) -> None:
-    """The HF export levanter's training writes at its last step, made from a checkpoint:
-    the same converter (reference config, tokenizer) on the checkpoint's model weights.
-    A partial export of a killed attempt is replaced."""
-    import equinox as eqx
-    import haliax
-    import jax
-    from levanter.checkpoint import load_checkpoint
-    from levanter.utils.jax_utils import is_inexact_arrayish
-
-    from tasks.data.tokenizer_files import load_tokenizer
-
-    config = plan.config
-    fs, root = fsspec.core.url_to_fs(hf_dir)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-    vocab = haliax.Axis("vocab", plan.vocab_size)
-    with config.trainer.device_mesh, haliax.axis_mapping(config.trainer.parameter_axis_mapping):
-        shape = eqx.filter_eval_shape(config.model.build, vocab, key=jax.random.PRNGKey(0))
-        trainable, frozen = eqx.partition(shape, is_inexact_arrayish)
-        trainable = load_checkpoint(trainable, checkpoint, subpath="model")
-        model = eqx.combine(trainable, frozen)
-        converter = config.model.hf_checkpoint_converter().replaced(
-            tokenizer=load_tokenizer(config.data.tokenizer)
-        )
-        converter.save_pretrained(model, hf_dir, upload_to_hf=False)
-
-
-@dataclasses.dataclass
-class TrainPlan:
-    config: Any
-    checkpointer: Any
-    metrics_path: str
-    vocab_size: int
-    weights: dict
-    tokenizer_sha256: str
+# What build_train_config takes of train_lm's arguments besides the data and tokenizer.
+_BUILD_ARGUMENTS = ("weights", *MODEL_ATTRS, *TRAINING_ATTRS, *LOGGING_ATTRS, "checkpoint_every")
 
 
 def build_train_config(
@@ -289,48 +245,27 @@ def build_train_config(
     tokenizer: str,
     output_path: str,
     *,
-    weights: dict | None,
-    hidden_dim: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_dim: int,
-    seq_len: int,
-    learning_rate: float,
-    weight_decay: float,
-    warmup: float,
-    min_lr_ratio: float,
-    lr_schedule: str,
-    beta1: float,
-    beta2: float,
-    max_grad_norm: float,
-    batch_size: int,
-    num_train_steps: int,
-    seed: int,
-    mixed_precision: str,
-    steps_per_eval: int,
-    max_eval_batches: int | None,
-    checkpoint_every: int | None,
+    weights: dict | None = None,
     on_step: Any = None,
     attempt: str | None = None,
     work_dir: str | None = None,
+    **arguments: Any,
 ) -> TrainPlan:
     """levanter's TrainLmConfig from plain arguments (shared by the step and the benchmark
     that runs levanter directly, so both train the same thing).
 
-    `output_path` may be any fsspec URL. `work_dir` is a local folder for what is not part
-    of the output (levanter's logs, the HF reference config transformers reads); default: a
-    new temporary folder. `attempt` tags every metrics row."""
-    import jmp
-    import levanter.main.train_lm as levanter_train
+    `arguments` are train_lm's by name: the model shape (MODEL_ATTRS), TRAINING_ATTRS,
+    `steps_per_eval`, `max_eval_batches` and `checkpoint_every`. `output_path` may be any
+    fsspec URL. `work_dir` is a local folder for what is not part of the output (levanter's
+    logs, the HF reference config transformers reads); default: a new temporary folder.
+    `attempt` tags every metrics row."""
     from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
-    from levanter.distributed import RayConfig
-    from levanter.optim import AdamConfig
-    from levanter.trainer import TrainerConfig
 
     from tasks.data.tokenizer_files import load_tokenizer
-    from tasks.lm.tracker import JsonlTrackerConfig, register_on_step
 
+    unknown = set(arguments) - set(_BUILD_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"build_train_config got unexpected arguments {sorted(unknown)}")
     if not data:
         raise ValueError("train_lm needs at least one tokenized dataset in `data`")
     weights = weights or {key: 1.0 for key in data}
@@ -342,75 +277,25 @@ def build_train_config(
     fs.makedirs(root, exist_ok=True)
     hf_tokenizer = load_tokenizer(tokenizer)
     vocab_size = len(hf_tokenizer)
-    # transformers reads `reference_checkpoint` and cannot read gs://: a local copy is the
-    # one levanter uses; the output keeps one too (hf_reference/), as a record.
-    reference = os.path.join(work_dir, "hf_reference")
-    model = llama_config(
-        hidden_dim,
-        num_layers,
-        num_heads,
-        num_kv_heads,
-        intermediate_dim,
-        seq_len,
-        tokenizer,
-        reference,
-    )
-    write_reference_config(model, vocab_size, reference)
-    put_folder(reference, join_url(output_path, "hf_reference"))
-    metrics_path = join_url(output_path, "metrics.jsonl")
-    register_on_step(metrics_path, on_step)
+    model = reference_model(model_shape(arguments), tokenizer, vocab_size, work_dir)
+    # the output keeps a copy of the reference config levanter used, as a record
+    put_folder(f"{work_dir}/hf_reference", join_url(output_path, "hf_reference"))
     mixture = LMMixtureDatasetConfig(
         tokenizer=tokenizer,
         cache_dir=None,
         configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
         train_weights={key: float(w) for key, w in weights.items()},
     )
-    checkpointer = waitable_checkpointer_config()(
-        base_path=join_url(output_path, "checkpoints"),
-        append_run_id_to_base_path=False,
-        keep=checkpoint_keep(checkpoint_every, num_train_steps),
-    )
-    trainer = TrainerConfig(
-        num_train_steps=num_train_steps,
-        train_batch_size=batch_size,
-        seed=seed,
-        mp=jmp.get_policy(mixed_precision),
-        require_accelerator=False,
-        steps_per_eval=steps_per_eval,
-        max_eval_batches=max_eval_batches,
-        tracker=JsonlTrackerConfig(path=metrics_path, attempt=attempt),
-        ray=RayConfig(auto_start_cluster=False),
-        log_dir=Path(work_dir) / "logs",  # local, not part of the output
-        id="run",
-        checkpointer=checkpointer,
-        # the tracker keeps no artifacts: tracing the step again for its jaxpr and HLO
-        # cost about 8% of a small run
-        log_jaxprs=False,
-        log_xla_hlo=False,
-    )
-    optimizer = AdamConfig(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        min_lr_ratio=min_lr_ratio,
-        lr_schedule=lr_schedule,
-        beta1=beta1,
-        beta2=beta2,
-        max_grad_norm=max_grad_norm,
-    )
-    config = levanter_train.TrainLmConfig(
-        data=mixture,
-        trainer=trainer,
-        model=model,
-        optimizer=optimizer,
-        hf_save_path=join_url(output_path, "hf"),
-        hf_save_steps=num_train_steps,
-    )
-    return TrainPlan(
-        config,
-        checkpointer,
-        metrics_path,
-        vocab_size,
-        weights,
-        tokenizer_fingerprint(hf_tokenizer),
+    return plan_run(
+        mixture,
+        model,
+        output_path,
+        arguments,
+        vocab_size=vocab_size,
+        tokenizer_sha256=tokenizer_fingerprint(hf_tokenizer),
+        weights=weights,
+        run_id="run",
+        work=work_dir,
+        on_step=on_step,
+        attempt=attempt,
     )
