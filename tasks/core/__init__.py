@@ -1,5 +1,14 @@
 """The step machinery: identities, the @step decorator, StepRef, storage and leases.
 
+Layout under the prefix [storage]; how each kind of prefix does it [stores]:
+
+    {name}-{hash}/                          the committed output; .lmflows/commit.json last
+    .lmflows/state/{name}-{hash}/           lease.json (+ lease.guard locally), failed.json,
+                                            attempts.jsonl (resumable steps)
+    .lmflows/staging/{name}-{hash}/{id}/    local disk: where one attempt writes (`resume/`
+                                            for a resumable step), renamed into place at commit
+    .lmflows/trash/                         replaced outputs, being deleted
+
 A step call's life, one line per stage (module in brackets):
 
 1. bind      the call's arguments to the function's parameters, defaults applied [decorator]
@@ -11,13 +20,16 @@ A step call's life, one line per stage (module in brackets):
 4. key       Prefect's cache key is `NAME-HASH/.lmflows/commit.json` under the prefix [policy]
 5. lease     a committed record is served as `Cached` with no lease write; otherwise take the
              lease, then check for the record again (double-checked locking) [policy, lease]
-6. clear     the lease holder empties what a dead attempt left in the output folder [outputs]
-7. run       the function, with StepRefs replaced by paths and `output_path` filled; in a
-             worker process of its own for `isolate=True`; stopped when the lease is lost
-             [decorator, isolation]
-8. provenance  attributes, deps, code version, host and run ids beside the output [provenance]
-9. commit    fenced: a holder that lost its lease fails; the JSON record is written last,
-             atomically [records]
+6. begin     the lease holder prepares the attempt's place: on local disk a fresh staging
+             folder (dead attempts' folders deleted; a resumable step keeps `resume/`), on
+             gs:// the output folder itself, emptied [outputs, stores]
+7. run       the function, with StepRefs replaced by paths and `output_path` set to that
+             place; in a worker process of its own for `isolate=True`; stopped when the lease
+             is lost [decorator, isolation]
+8. provenance  attributes, deps, code version, host and run ids, in the attempt [provenance]
+9. commit    fenced: a holder that lost its lease fails; the manifest and the JSON record are
+             written last, then (local disk) the staging folder is renamed into the output's
+             place, swapped with an older version under `--force` [records, outputs, stores]
 """
 
 from tasks.core.decorator import Step, StepDefinitionError, set_force, step
