@@ -4,36 +4,12 @@ SIGKILL takeover and lost leases, on every store, are in tests/test_store_contra
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tasks.core import storage
-from tests.conftest import REPO
 from tests.helpers import steps
-
-WORKER = [sys.executable, "-m", "tests.helpers.worker"]
-
-
-def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*WORKER, *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.05)
+from tests.helpers.processes import start, wait_for
 
 
 def log_lines(log: Path) -> list[str]:

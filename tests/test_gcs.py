@@ -6,9 +6,6 @@ the store contract's, run on gs:// too (tests/test_store_contract.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import fsspec
@@ -17,11 +14,10 @@ from prefect import flow
 
 from benches.common import fake_gcs
 from tasks.core import lease, storage, stores
-from tests.conftest import REPO, run_python
+from tests.conftest import run_python
 from tests.helpers import steps
 
 BUCKET = "lmflows-test"
-WORKER = [sys.executable, "-m", "tests.helpers.worker"]
 
 
 @pytest.fixture(scope="module")
@@ -51,25 +47,6 @@ def gs_chain():
     a = steps.source(5, return_state=True)
     b = steps.derive(a.result().cd("data.json"), k=3, return_state=True)
     return [a, b]
-
-
-def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*WORKER, *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.05)
 
 
 # --- the fake is honest about preconditions -----------------------------------------------

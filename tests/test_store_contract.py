@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,11 +24,11 @@ from prefect import flow
 
 from benches.common import fake_gcs
 from tasks.core import inventory, lease, manifest, outputs, storage, stores
-from tests.conftest import REPO, calls
+from tests.conftest import calls
 from tests.helpers import steps
+from tests.helpers.processes import start, wait_for
 
 BUCKET = "lmflows-contract"
-WORKER = [sys.executable, "-m", "tests.helpers.worker"]
 
 
 @dataclasses.dataclass
@@ -252,25 +249,6 @@ def test_a_store_without_conditional_writes_refuses_leases_in_one_line(
 
 
 # --- across real processes -------------------------------------------------------------------
-
-
-def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*WORKER, *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.05)
 
 
 def last_json(stdout: str) -> dict:

@@ -267,10 +267,7 @@ class LocalStore:
 
     def read_versioned(self, url: str, limit: int) -> tuple[bytes | None, str]:
         """Local writes happen under `exclusive`, so the content is its own version."""
-        try:
-            return self.read_bytes(url, limit), ""
-        except FileNotFoundError:
-            return None, ""
+        return _read_unversioned(self, url, limit)
 
     def write_if_version(self, url: str, content: bytes | None, version: str) -> bool:
         """Call inside `exclusive(url)`: nobody else can write meanwhile."""
@@ -300,6 +297,13 @@ class LocalStore:
             yield
         finally:
             os.close(fd)
+
+
+def _read_unversioned(store: Any, url: str, limit: int) -> tuple[bytes | None, str]:
+    try:
+        return store.read_bytes(url, limit), ""
+    except FileNotFoundError:
+        return None, ""
 
 
 def relative_files_local(out: str) -> list[str]:
@@ -507,11 +511,8 @@ class FsspecStore:
         )
 
     def read_versioned(self, url: str, limit: int) -> tuple[bytes | None, str]:
-        """Reading a lease needs no version here: writing one is refused."""
-        try:
-            return self.read_bytes(url, limit), ""
-        except FileNotFoundError:
-            return None, ""
+        """No versions here: writing a lease is refused (memory://: done under a lock)."""
+        return _read_unversioned(self, url, limit)
 
     def write_if_version(self, url: str, content: bytes | None, version: str) -> bool:
         self.check_leases(url)
@@ -608,12 +609,6 @@ class MemoryStore(FsspecStore):
 
     def check_leases(self, url: str) -> None:
         return None
-
-    def read_versioned(self, url: str, limit: int) -> tuple[bytes | None, str]:
-        try:
-            return self.read_bytes(url, limit), ""
-        except FileNotFoundError:
-            return None, ""
 
     def write_if_version(self, url: str, content: bytes | None, version: str) -> bool:
         """Call inside `exclusive(url)`."""
