@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefect import Task
+from prefect.exceptions import ParameterBindError
 from prefect.futures import PrefectFuture
 from prefect.utilities.callables import get_call_parameters
+from pydantic.fields import FieldInfo
 
 from tasks.core import (
     artifacts,
@@ -175,7 +177,19 @@ class Step(Task):
                 f"step {self.definition.name_template!r}: output_path is filled by lmflows; "
                 "do not pass it"
             )
-        return get_call_parameters(self.fn, args, kwargs)
+        # Prefect's get_call_parameters, with the signature looked up once (the definition's).
+        params = self.definition.bind(args, kwargs)
+        if params is None:
+            try:
+                bound = self.definition.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ParameterBindError.from_bind_failure(self.fn, exc, args, kwargs) from exc
+            bound.apply_defaults()
+            params = dict(bound.arguments)
+        for key, value in params.items():
+            if isinstance(value, FieldInfo):  # `param: T = Field(default=...)`
+                params[key] = value.default
+        return params
 
     def identify(self, params: dict[str, Any]) -> Identity:
         return self.definition.identify(params)
@@ -209,7 +223,9 @@ class Step(Task):
     def _plan(self, params: dict[str, Any]) -> StepRef:
         plan = planning.active_plan()
         assert plan is not None
-        params = planning.resolve_planned(params)
+        params = {  # a scalar holds no planned future: no walk for it
+            k: v if type(v) in _SCALARS else planning.resolve_planned(v) for k, v in params.items()
+        }
         self.check_arguments(params)
         identity = self.identify(params)
         forced = bool(self.refresh_cache) or is_forced(identity.name, identity.name_with_hash)
@@ -407,6 +423,9 @@ def _unwrap(value: Any) -> Any:
     from prefect.utilities.annotations import BaseAnnotation
 
     return value.unwrap() if isinstance(value, BaseAnnotation) else value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _ref_of(identity: Identity) -> StepRef:
