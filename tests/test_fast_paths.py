@@ -153,3 +153,48 @@ def test_walk_is_still_the_only_traversal():
     # the fused walk is walk.walk itself, with one leaf function doing the three jobs
     assert identity._hash_attribute.__code__.co_names.count("walk") >= 1
     assert walk.walk is identity.walk.walk
+
+
+def test_a_committed_step_in_a_plain_flow_is_a_cached_task_run_on_the_server(prefix):
+    """The shortcut for committed steps (no task engine) records what the engine would: a
+    task run named after the identity, in state Cached, with its upstream link, the stored
+    ref (metadata included), a `Cached` state for return_state, and the log line."""
+    import logging
+
+    from prefect import flow
+
+    from tests.helpers import steps
+    from tests.helpers.api import final_task_runs
+
+    @flow
+    def two():
+        a = steps.source(4)
+        b = steps.derive(a, k=3, return_state=True)
+        return a, b
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("prefect.task_runs")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        first_a, first_b = two()
+        assert lines.count("Finished in state Completed()") == 2  # the engine's line
+        state = two(return_state=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    a, b = state.result()
+    assert a == first_a and a.metadata == first_a.metadata
+    assert b.name == "Cached" and b.is_completed() and b.result() == first_b.result()
+    assert b.result().metadata == first_b.result().metadata
+    runs = final_task_runs(state.state_details.flow_run_id, 2)
+    by_name = {run.name: run for run in runs}
+    assert sorted(by_name) == sorted([a.name_with_hash, b.result().name_with_hash])
+    assert {run.state.name for run in runs} == {"Cached"}
+    upstream = by_name[b.result().name_with_hash].task_inputs["src"]
+    assert [i.id for i in upstream] == [by_name[a.name_with_hash].id]
+    assert b.state_details.task_run_id == by_name[b.result().name_with_hash].id
+    assert lines.count("Finished in state Cached(type=COMPLETED)") == 2
