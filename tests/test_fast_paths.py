@@ -68,7 +68,7 @@ def _outcome(fn):
         return ("error", type(exc), str(exc))
 
 
-@pytest.mark.parametrize("value", VALUES, ids=repr)
+@pytest.mark.parametrize("value", VALUES, ids=[f"value{i}" for i in range(len(VALUES))])
 @pytest.mark.parametrize("hashed", [True, False])
 def test_identify_gives_what_the_three_walks_give(value, hashed):
     arguments = {"x": value, "n": 1}
@@ -98,7 +98,7 @@ CALLS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("args, kwargs", CALLS, ids=repr)
+@pytest.mark.parametrize("args, kwargs", CALLS, ids=[f"call{i}" for i in range(len(CALLS))])
 def test_bind_gives_what_inspect_gives(args, kwargs):
     definition = define(
         _fn, hash_attrs=["a", "b", "c", "d", "e"], operational=[], name="t/f",
