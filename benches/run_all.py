@@ -1,4 +1,8 @@
-"""Run every benchmark in turn (`make bench`); each prints ratios against its own baseline."""
+"""Run every benchmark in turn (`make bench`); each prints ratios against its own baseline.
+
+`benches.gpu_train_mfu` (train_lm vs plain JAX on a GPU) is not in the default list: add it
+by name, `python -m benches.run_all benches.gpu_train_mfu`; without a GPU it skips in one line.
+"""
 
 from __future__ import annotations
 

@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefect import Task
+from prefect.exceptions import ParameterBindError
 from prefect.futures import PrefectFuture
 from prefect.utilities.callables import get_call_parameters
+from pydantic.fields import FieldInfo
 
 from tasks.core import (
     artifacts,
@@ -175,7 +177,19 @@ class Step(Task):
                 f"step {self.definition.name_template!r}: output_path is filled by lmflows; "
                 "do not pass it"
             )
-        return get_call_parameters(self.fn, args, kwargs)
+        # Prefect's get_call_parameters, with the signature looked up once (the definition's).
+        params = self.definition.bind(args, kwargs)
+        if params is None:
+            try:
+                bound = self.definition.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ParameterBindError.from_bind_failure(self.fn, exc, args, kwargs) from exc
+            bound.apply_defaults()
+            params = dict(bound.arguments)
+        for key, value in params.items():
+            if isinstance(value, FieldInfo):  # `param: T = Field(default=...)`
+                params[key] = value.default
+        return params
 
     def identify(self, params: dict[str, Any]) -> Identity:
         return self.definition.identify(params)
@@ -209,7 +223,9 @@ class Step(Task):
     def _plan(self, params: dict[str, Any]) -> StepRef:
         plan = planning.active_plan()
         assert plan is not None
-        params = planning.resolve_planned(params)
+        params = {  # a scalar holds no planned future: no walk for it
+            k: v if type(v) in _SCALARS else planning.resolve_planned(v) for k, v in params.items()
+        }
         self.check_arguments(params)
         identity = self.identify(params)
         forced = bool(self.refresh_cache) or is_forced(identity.name, identity.name_with_hash)
@@ -244,6 +260,10 @@ class Step(Task):
             future.wait()
             return future.state if return_state else future.result()
         task = self._prepare(params)
+        if task is self and wait_for is None:
+            served = _serve_committed(self, params, return_state)
+            if served is not None:
+                return served
         return Task.__call__(task, *args, return_state=return_state, wait_for=wait_for, **kwargs)
 
     def _start(self, scheduler: schedule.Scheduler, params: dict[str, Any], wait_for: Any) -> Any:
@@ -338,6 +358,95 @@ class Step(Task):
         return new
 
 
+# --- a committed step, served without Prefect's task engine -------------------------------
+
+
+def _serve_committed(task: Step, params: dict[str, Any], return_state: bool) -> Any:
+    """A plain call in a plain `prefect.flow` of a step whose output is committed: its
+    StepRef (or `Cached` state), recorded by Prefect as a `Cached` task run; None where the
+    engine must run it (anything not committed, forced, hooked, tagged, in a transaction, in
+    a step's body, outside a flow run, with futures).
+
+    What the engine would do for it: the same commit record read and validated
+    (`records.read_commit`, as the lease lock manager's double check does), the same task run
+    (name = identity, task key, dynamic key, inputs linking upstream runs, parameters' links)
+    ending `Cached`, the same result links for downstream calls and the same `Finished in
+    state Cached(type=COMPLETED)` log line. What it skips: the Pending and Running events
+    before the final one, the transaction, the lock manager and Prefect's own two reads of
+    the record (benches/cached_chain.py: about a third of a bare Prefect cached task)."""
+    from prefect.context import FlowRunContext, TagsContext
+
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is None or flow_ctx.flow_run is None or _in_task_run() or _has_future(params):
+        return None
+    if not _plain_task(task) or TagsContext.get().current_tags:
+        return None
+    identity = task.identify(params)
+    ref = records.read_commit(identity.name_with_hash)
+    if ref is None:
+        return None
+    try:
+        state = _record_cached_run(task, params, identity, ref, flow_ctx)
+    except Exception:  # a Prefect without these internals: let the engine do it
+        return None
+    return state if return_state else ref
+
+
+def _plain_task(task: Step) -> bool:
+    """No option under which the engine would do more than serve the record."""
+    from prefect.settings import get_current_settings
+    from prefect.transactions import get_transaction
+
+    hooks = (
+        "on_completion_hooks",
+        "on_failure_hooks",
+        "on_running_hooks",
+        "on_commit_hooks",
+        "on_rollback_hooks",
+    )
+    return (
+        not task.refresh_cache
+        and not task.tags
+        and task.cache_expiration is None
+        and not any(getattr(task, name, None) for name in hooks)
+        and get_transaction() is None
+        and not get_current_settings().tasks.refresh_cache
+    )
+
+
+def _record_cached_run(
+    task: Step, params: dict[str, Any], identity: Identity, ref: StepRef, flow_ctx: Any
+) -> Any:
+    from prefect.client.schemas.objects import StateDetails
+    from prefect.logging.loggers import task_run_logger
+    from prefect.settings import PREFECT_DEBUG_MODE
+    from prefect.states import Completed
+    from prefect.task_engine import _create_task_run_locally
+    from prefect.utilities.engine import (
+        emit_task_run_state_change_event,
+        link_state_to_task_run_result,
+    )
+
+    task_run = _create_task_run_locally(task=task, parameters=params, flow_run_context=flow_ctx)
+    task_run.name = identity.name_with_hash  # what IdentityRunName gives the engine
+    state = Completed(
+        name="Cached",
+        data=ref,
+        state_details=StateDetails(task_run_id=task_run.id, flow_run_id=task_run.flow_run_id),
+    )
+    task_run.state, task_run.state_id = state, state.id
+    task_run.state_type, task_run.state_name = state.type, state.name
+    task_run.start_time = task_run.end_time = state.timestamp
+    task_run.run_count = 1
+    emit_task_run_state_change_event(task_run=task_run, initial_state=None, validated_state=state)
+    link_state_to_task_run_result(state, ref)
+    shown = repr(state) if PREFECT_DEBUG_MODE.value() else str(state)
+    task_run_logger(task_run, task=task, flow_run=flow_ctx.flow_run).info(
+        f"Finished in state {shown}"
+    )
+    return state
+
+
 def _run_log(line: str) -> None:
     """A line in the task run's log (the Prefect UI and the console)."""
     try:
@@ -407,6 +516,9 @@ def _unwrap(value: Any) -> Any:
     from prefect.utilities.annotations import BaseAnnotation
 
     return value.unwrap() if isinstance(value, BaseAnnotation) else value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _ref_of(identity: Identity) -> StepRef:

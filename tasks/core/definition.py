@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable
@@ -52,6 +53,37 @@ class StepDefinition:
     @property
     def where(self) -> str:
         return f"@step on {self.fn.__module__}.{self.fn.__qualname__}"
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The call's arguments by name in signature order, defaults applied, as
+        `signature.bind` + `apply_defaults` give them; None when the call is not a plain fit
+        (missing or unknown arguments, a positional-only name given by keyword): the caller
+        then binds with `inspect` and its error."""
+        positional, layout, keywords = self._layout
+        if len(args) > len(positional) or not keywords.issuperset(kwargs):
+            return None
+        params = dict(zip(positional, args))
+        if kwargs and not params.keys().isdisjoint(kwargs):
+            return None  # a name given twice
+        for name, default in layout[len(args) :]:
+            if name in kwargs:
+                params[name] = kwargs[name]
+            elif default is not inspect.Parameter.empty:
+                params[name] = default
+            else:
+                return None
+        return params
+
+    @functools.cached_property
+    def _layout(self) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...], frozenset[str]]:
+        """(names that take positional arguments, (name, default) in order, keyword names)."""
+        params = list(self.signature.parameters.values())
+        positional = tuple(
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
+        layout = tuple((p.name, p.default) for p in params)
+        keywords = frozenset(p.name for p in params if p.kind != p.POSITIONAL_ONLY)
+        return positional, layout, keywords
 
     def check(self, params: dict[str, Any]) -> None:
         """The step's own argument checks (``@step(validate=...)``), before any work."""

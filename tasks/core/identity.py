@@ -85,6 +85,11 @@ def split_name_with_hash(name_with_hash: str) -> tuple[str, str]:
 
 def template_fields(template: str) -> list[str]:
     """The parameter names a name template such as ``"tokenized/{dataset}"`` refers to."""
+    return list(_template_fields(template))
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_fields(template: str) -> tuple[str, ...]:
     fields = []
     for _, field, spec, conversion in string.Formatter().parse(template):
         if field is None:
@@ -94,16 +99,23 @@ def template_fields(template: str) -> list[str]:
                 f"name template {template!r}: only plain '{{parameter}}' fields are allowed"
             )
         fields.append(field)
-    return fields
+    return tuple(fields)
 
 
 def fill_name(template: str, arguments: Mapping[str, Any]) -> str:
     """Fill a name template from bound call arguments and validate the result."""
+    fields = _template_fields(template)
+    if not fields:
+        return _valid_name(template)
     values = {}
-    for field in template_fields(template):
+    for field in fields:
         value = arguments[field]
         values[field] = value.name_with_hash if isinstance(value, StepRef) else str(value)
-    return validate_name(template.format(**values))
+    return _valid_name(template.format(**values))
+
+
+# Names repeat (a literal name is the same for every call): validated once each.
+_valid_name = functools.lru_cache(maxsize=4096)(validate_name)
 
 
 def _plain_leaf(value: Any, where: str) -> Any:
@@ -141,8 +153,12 @@ def find_refs(value: Any) -> list[StepRef]:
 def compute_hash(name: str, attrs: dict[str, Any], deps: list[str]) -> str:
     """The frozen hash format (docs/design.md §3)."""
     payload = {"name": name, "attrs": attrs, "deps": deps}
-    encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    encoded = _ENCODER.encode(payload)  # json.dumps(payload, sort_keys=True, separators=...)
     return hashlib.sha256(encoded.encode()).hexdigest()[:HASH_LENGTH]
+
+
+# What json.dumps(..., sort_keys=True, separators=(",", ":")) builds on every call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +193,7 @@ def identify(
     depend on where outputs live.
     """
     name = fill_name(name_template, arguments)
-    for field in template_fields(name_template):
+    for field in _template_fields(name_template):
         if field not in hash_attrs and not isinstance(arguments[field], str):
             raise StepArgumentError(
                 f"step {name!r}: name field {field!r} is {arguments[field]!r} "
@@ -188,6 +204,14 @@ def identify(
     attrs: dict[str, Any] = {}
     deps: set[str] = set()
     for param, value in arguments.items():
+        if type(value) in _SCALARS:  # what the walks below do for a plain scalar, at once
+            if param in hash_attrs:
+                if type(value) is float and not math.isfinite(value):
+                    _plain_leaf(value, f"hash attribute {param!r}")  # raises, naming it
+                if type(value) is str and _under(value, prefix):
+                    _refuse_prefix_paths(name, param, value, prefix)  # raises, naming it
+                attrs[param] = value
+            continue
         if param not in hash_attrs:
             if find_refs(value):
                 raise StepArgumentError(
@@ -195,12 +219,48 @@ def identify(
                     "hash attribute; declare it in hash_attrs (an input defines the output)"
                 )
             continue
-        refs = find_refs(value)
-        deps.update(ref.name_with_hash for ref in refs)
-        attrs[param] = plain = to_plain(value, f"hash attribute {param!r}")
-        _refuse_prefix_paths(name, param, plain, prefix)
+        attrs[param] = _hash_attribute(name, param, value, prefix, deps)
     dep_list = sorted(deps)
     return Identity(name, attrs, dep_list, compute_hash(name, attrs, dep_list))
+
+
+def _hash_attribute(name: str, param: str, value: Any, prefix: str, deps: set[str]) -> Any:
+    """A container hash attribute's plain JSON, its StepRefs added to `deps`: the three
+    checks below (references, plain JSON, paths under the prefix) in one walk.
+
+    The one walk succeeds exactly when the three would: it refuses sets and non-string keys
+    and sees the same references (no sets or pydantic models get past it). When it fails,
+    the three run in their order so that the error is theirs, word for word."""
+    refs: list[StepRef] = []
+    suspect = False
+
+    def leaf(item: Any, where: str) -> Any:
+        nonlocal suspect
+        if isinstance(item, StepRef):
+            refs.append(item)
+        plain = _plain_leaf(item, where)
+        if isinstance(plain, str):
+            suspect = suspect or _under(plain, prefix)
+        elif plain is not None and not isinstance(plain, (bool, int, float)):
+            suspect = True  # an enum's container value: the full check decides
+        return plain
+
+    where = f"hash attribute {param!r}"
+    try:
+        plain = walk.walk(value, leaf, where, as_json=True)
+    except (TypeError, ValueError):
+        deps.update(ref.name_with_hash for ref in find_refs(value))
+        plain = to_plain(value, where)
+        _refuse_prefix_paths(name, param, plain, prefix)
+        raise
+    if suspect:
+        _refuse_prefix_paths(name, param, plain, prefix)
+    deps.update(ref.name_with_hash for ref in refs)
+    return plain
+
+
+# Exact types only: a subclass (an IntEnum, a str enum) takes the general path.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _current_prefix() -> str:
