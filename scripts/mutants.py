@@ -169,8 +169,8 @@ MUTANTS = [
     Mutant(
         "ref.path accepted as a hash attribute",
         "tasks/core/identity.py",
-        "        _refuse_prefix_paths(name, param, plain, prefix)\n",
-        "",
+        "    would change with the prefix (another bucket, region or laptop).\"\"\"\n",
+        "    would change with the prefix (another bucket, region or laptop).\"\"\"\n    return\n",
         ("tests/test_declarations.py",),
     ),
     Mutant(
@@ -239,7 +239,7 @@ MUTANTS = [
     ),
     Mutant(
         "a failed commit is swallowed",
-        "tasks/core/decorator.py",
+        "tasks/core/attempt.py",
         "            records.commit(attempt, ref)  # fenced;",
         "            try:\n"
         "                records.commit(attempt, ref)\n"
@@ -310,7 +310,7 @@ MUTANTS = [
     ),
     Mutant(
         "--force resumes a killed attempt",
-        "tasks/core/decorator.py",
+        "tasks/core/attempt.py",
         "resumable=definition.resumable and not _refreshing()",
         "resumable=definition.resumable",
         (

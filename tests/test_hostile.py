@@ -395,6 +395,12 @@ def test_a_commit_that_cannot_be_written_fails_the_step(prefix, call_log, monkey
     a = steps.source.ref_for(3)
     assert not Path(a.path).exists()
     assert "derive-1" not in calls(call_log), "nothing downstream ran on a missing output"
+    # the step body itself failed (not only Prefect's write after it): its failure is
+    # recorded for `plan`, and its attempt folder is gone
+    failed = json.loads(Path(storage.failed_path(a.name_with_hash)).read_text())
+    assert failed["error"] == "OSError" and "No space left" in failed["message"]
+    staging = Path(storage.staging_root(a.name_with_hash))
+    assert not staging.exists() or not any(staging.iterdir())
     monkeypatch.setattr(storage, "write_atomic", real)
     assert [s.name for s in pair()["states"]] == ["Completed", "Completed", "Completed"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,26 +19,23 @@ from prefect.utilities.callables import get_call_parameters
 from pydantic.fields import FieldInfo
 
 from tasks.core import (
-    artifacts,
     failures,
-    isolation,
-    lease,
-    manifest,
-    outputs,
     planning,
-    provenance,
     records,
     schedule,
-    storage,
     walk,
 )
+from tasks.core.attempt import make_runner, refs_to_paths
 from tasks.core.definition import OUTPUT_PATH, StepDefinition, StepDefinitionError, define
-from tasks.core.identity import Identity, to_plain
+from tasks.core.identity import Identity
 from tasks.core.policy import LeaseLockManager, StepCachePolicy
 from tasks.core.ref import StepRef
+from tasks.core.served import serve_committed
 
 walk.register_special(PrefectFuture)
 failures.install()
+
+__all__ = ["Step", "StepDefinitionError", "refs_to_paths", "set_force", "step"]
 
 
 # --- --force: steps whose name matches are re-executed once per process -----------------
@@ -64,91 +60,8 @@ def is_forced(name: str, name_with_hash: str | None = None) -> bool:
     )
 
 
-# --- path substitution --------------------------------------------------------------------
-
-
-def refs_to_paths(value: Any) -> Any:
-    """What the step function receives: every StepRef replaced by its absolute path."""
-    return walk.replace(value, StepRef, _path_of)
-
-
-def _path_of(ref: StepRef) -> str:
-    return ref.path
-
-
 def _has_future(value: Any) -> bool:
     return bool(walk.collect(value, PrefectFuture))
-
-
-# --- the function Prefect runs ------------------------------------------------------------
-
-
-def _make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
-    fn = definition.fn
-    signature = definition.signature
-
-    @functools.wraps(fn)
-    def run_step(*args: Any, **kwargs: Any) -> StepRef:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        params = dict(bound.arguments)
-        definition.check(params)
-        identity = definition.identify_in_run(params)
-        prefix = storage.current_prefix()
-        lease_path = storage.lease_path(identity.name_with_hash, prefix)
-        lease.assert_held(lease_path)  # never touch an output another holder owns
-        attempt = outputs.begin(
-            identity.name_with_hash, prefix, resumable=definition.resumable and not _refreshing()
-        )
-        url = artifacts.url_of(storage.output_dir(identity.name_with_hash, prefix))
-        _run_log(f"{identity.name_with_hash}: running; output {url}")
-        output_token = artifacts.set_output(url)
-        started = time.time()
-        notes, token = provenance.collecting_notes(
-            functools.partial(_log_note, attempt) if attempt.resumable else None
-        )
-        try:
-            value = isolation.run_body(
-                definition,
-                {**refs_to_paths(params), OUTPUT_PATH: attempt.write_path},
-                lease_path,
-                identity.name_with_hash,
-            )
-            metadata = (
-                {} if value is None else to_plain(value, f"return value of step {identity.name!r}")
-            )
-            # Fencing: a holder that lost its lease fails here, before it writes anything of
-            # the framework's; the commit (StepStorage) is fenced again.
-            lease.assert_held(lease_path)
-            record = provenance.build(identity, fn, started, time.time(), prefix, notes)
-            if attempt.resumable:
-                record["attempts"] = outputs.attempts(identity.name_with_hash, prefix)
-            provenance_path = storage.join(attempt.write_path, storage.PROVENANCE_FILE)
-            storage.refuse_links_below(provenance_path, prefix)
-            storage.write_json(provenance_path, record)
-            attempt.manifest = manifest.build(attempt.write_path)
-            ref = StepRef(identity.name, identity.hash, metadata=metadata)
-            records.commit(attempt, ref)  # fenced; a failure fails the task, never "Completed"
-            if attempt.resumable:
-                outputs.clear_attempts(identity.name_with_hash, prefix)
-        except BaseException as exc:
-            if lease.holds(lease_path):  # a holder that lost its lease leaves no trace
-                outputs.record_failure(attempt, exc, started)
-                if attempt.resumable:
-                    outputs.log_attempt(attempt, {"event": "failed", "error": type(exc).__name__})
-            outputs.abandon(attempt)
-            raise
-        finally:
-            provenance.stop_collecting(token)
-            artifacts.reset_output(output_token)
-        _run_log(
-            f"{identity.name_with_hash}: committed {_size_line(attempt.manifest)} at {url} "
-            f"in {time.time() - started:.1f} s"
-        )
-        return ref
-
-    run_step.__signature__ = signature  # type: ignore[attr-defined]
-    return run_step
 
 
 # --- the Task subclass --------------------------------------------------------------------
@@ -260,8 +173,8 @@ class Step(Task):
             future.wait()
             return future.state if return_state else future.result()
         task = self._prepare(params)
-        if task is self and wait_for is None:
-            served = _serve_committed(self, params, return_state)
+        if task is self and wait_for is None and not _in_task_run() and not _has_future(params):
+            served = serve_committed(self, params, return_state)
             if served is not None:
                 return served
         return Task.__call__(task, *args, return_state=return_state, wait_for=wait_for, **kwargs)
@@ -356,123 +269,6 @@ class Step(Task):
         new.definition = self.definition
         new.result_serializer = records.StepRefSerializer()
         return new
-
-
-# --- a committed step, served without Prefect's task engine -------------------------------
-
-
-def _serve_committed(task: Step, params: dict[str, Any], return_state: bool) -> Any:
-    """A plain call in a plain `prefect.flow` of a step whose output is committed: its
-    StepRef (or `Cached` state), recorded by Prefect as a `Cached` task run; None where the
-    engine must run it (anything not committed, forced, hooked, tagged, in a transaction, in
-    a step's body, outside a flow run, with futures).
-
-    What the engine would do for it: the same commit record read and validated
-    (`records.read_commit`, as the lease lock manager's double check does), the same task run
-    (name = identity, task key, dynamic key, inputs linking upstream runs, parameters' links)
-    ending `Cached`, the same result links for downstream calls and the same `Finished in
-    state Cached(type=COMPLETED)` log line. What it skips: the Pending and Running events
-    before the final one, the transaction, the lock manager and Prefect's own two reads of
-    the record (benches/cached_chain.py: about a third of a bare Prefect cached task)."""
-    from prefect.context import FlowRunContext, TagsContext
-
-    flow_ctx = FlowRunContext.get()
-    if flow_ctx is None or flow_ctx.flow_run is None or _in_task_run() or _has_future(params):
-        return None
-    if not _plain_task(task) or TagsContext.get().current_tags:
-        return None
-    identity = task.identify(params)
-    ref = records.read_commit(identity.name_with_hash)
-    if ref is None:
-        return None
-    try:
-        state = _record_cached_run(task, params, identity, ref, flow_ctx)
-    except Exception:  # a Prefect without these internals: let the engine do it
-        return None
-    return state if return_state else ref
-
-
-def _plain_task(task: Step) -> bool:
-    """No option under which the engine would do more than serve the record."""
-    from prefect.settings import get_current_settings
-    from prefect.transactions import get_transaction
-
-    hooks = (
-        "on_completion_hooks",
-        "on_failure_hooks",
-        "on_running_hooks",
-        "on_commit_hooks",
-        "on_rollback_hooks",
-    )
-    return (
-        not task.refresh_cache
-        and not task.tags
-        and task.cache_expiration is None
-        and not any(getattr(task, name, None) for name in hooks)
-        and get_transaction() is None
-        and not get_current_settings().tasks.refresh_cache
-    )
-
-
-def _record_cached_run(
-    task: Step, params: dict[str, Any], identity: Identity, ref: StepRef, flow_ctx: Any
-) -> Any:
-    from prefect.client.schemas.objects import StateDetails
-    from prefect.logging.loggers import task_run_logger
-    from prefect.settings import PREFECT_DEBUG_MODE
-    from prefect.states import Completed
-    from prefect.task_engine import _create_task_run_locally
-    from prefect.utilities.engine import (
-        emit_task_run_state_change_event,
-        link_state_to_task_run_result,
-    )
-
-    task_run = _create_task_run_locally(task=task, parameters=params, flow_run_context=flow_ctx)
-    task_run.name = identity.name_with_hash  # what IdentityRunName gives the engine
-    state = Completed(
-        name="Cached",
-        data=ref,
-        state_details=StateDetails(task_run_id=task_run.id, flow_run_id=task_run.flow_run_id),
-    )
-    task_run.state, task_run.state_id = state, state.id
-    task_run.state_type, task_run.state_name = state.type, state.name
-    task_run.start_time = task_run.end_time = state.timestamp
-    task_run.run_count = 1
-    emit_task_run_state_change_event(task_run=task_run, initial_state=None, validated_state=state)
-    link_state_to_task_run_result(state, ref)
-    shown = repr(state) if PREFECT_DEBUG_MODE.value() else str(state)
-    task_run_logger(task_run, task=task, flow_run=flow_ctx.flow_run).info(
-        f"Finished in state {shown}"
-    )
-    return state
-
-
-def _run_log(line: str) -> None:
-    """A line in the task run's log (the Prefect UI and the console)."""
-    try:
-        from prefect import get_run_logger
-
-        get_run_logger().info(line)
-    except Exception:  # outside a run (direct calls in tests)
-        pass
-
-
-def _size_line(manifest: dict[str, Any] | None) -> str:
-    files = (manifest or {}).get("files") or {}
-    total = sum(int(entry.get("bytes", 0)) for entry in files.values())
-    return f"{len(files)} files, {total / 1e6:.1f} MB"
-
-
-def _log_note(attempt: outputs.Attempt, values: dict[str, Any]) -> None:
-    outputs.log_attempt(attempt, {"event": "note", "notes": values})
-
-
-def _refreshing() -> bool:
-    """Whether this task run was asked to recompute (`--force`): never resume then."""
-    from prefect.context import TaskRunContext
-
-    ctx = TaskRunContext.get()
-    return bool(ctx is not None and getattr(ctx.task, "refresh_cache", False))
 
 
 def _in_task_run() -> bool:
@@ -590,7 +386,7 @@ def step(
     )
     task_options.setdefault("task_run_name", IdentityRunName(definition))
     task = Step(
-        fn=_make_runner(definition),
+        fn=make_runner(definition),
         cache_policy=policy,
         persist_result=True,
         result_serializer=records.StepRefSerializer(),
