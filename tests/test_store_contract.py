@@ -162,6 +162,26 @@ def test_a_compare_and_swap_on_a_stale_read_never_wins_as_well(backend):
     assert lease.read(path)["holder"] == winner
 
 
+def test_a_failed_lease_read_writes_nothing(backend, monkeypatch):
+    """A read that fails for a reason other than a planted file (a timeout, a refused
+    connection) must not count as "expired": read so, it carried no version, and on gs:// the
+    next write went out without its precondition and overwrote a live lease."""
+    path = storage.lease_path("t/flaky-0123456789")
+    store = stores.store_for(path)
+    theirs = {**_lease_body("theirs"), "host": "another-machine"}
+    assert lease._backend(path).replace_if(path, None, theirs, only_if_free=True)
+    real = type(store).read_versioned
+
+    def timed_out(self, url, limit):
+        raise TimeoutError("simulated: the read timed out")
+
+    monkeypatch.setattr(type(store), "read_versioned", timed_out)
+    with pytest.raises(TimeoutError):
+        lease._backend(path).replace_if(path, None, _lease_body("mine"), only_if_free=True)
+    monkeypatch.setattr(type(store), "read_versioned", real)
+    assert lease.read(path)["holder"] == "theirs"
+
+
 def test_a_planted_unreadable_lease_counts_as_expired(backend, caplog):
     path = storage.lease_path("t/poison-0123456789")
     storage.write_atomic(path, b"[1]")

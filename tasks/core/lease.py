@@ -163,9 +163,12 @@ class _Leases:
     def _read_with_version(self, lease_path: str) -> tuple[dict[str, Any] | None, str]:
         try:
             content, version = self.store.read_versioned(lease_path, MAX_LEASE_FILE_BYTES)
-        except OSError as exc:  # a directory, a FIFO, a huge file: not a lease we wrote
+        except stores.UnreadableRecord as exc:  # a folder, a FIFO, a huge file: not ours
             logger.warning("lease %s cannot be read (%s); treating it as expired", lease_path, exc)
             return {}, ""
+        # Any other error (a timeout, a refused connection) propagates: read as "expired"
+        # with no version, it would make the next write unconditional and overwrite a live
+        # lease of another machine (a renewal retries; a taker tries again later).
         if content is None:
             return None, version
         return _valid(_json_or_none(content), lease_path), version
