@@ -6,13 +6,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
+from prefect import flow
 
-from tasks.core import identity, walk
+from tasks.core import identity, set_force, walk
 from tasks.core.definition import define
 from tasks.core.ref import StepRef
+from tests.conftest import calls
+from tests.helpers import steps
+from tests.helpers.api import final_task_runs
 
 
 def _reference_identify(name_template, hash_attrs, arguments, prefix):
@@ -198,3 +202,77 @@ def test_a_committed_step_in_a_plain_flow_is_a_cached_task_run_on_the_server(pre
     assert [i.id for i in upstream] == [by_name[a.name_with_hash].id]
     assert b.state_details.task_run_id == by_name[b.result().name_with_hash].id
     assert lines.count("Finished in state Cached(type=COMPLETED)") == 2
+
+
+# Options under which the served path must give what the engine gives (or step aside for it).
+SERVED_OPTIONS = {
+    "plain": {},
+    "task_run_name": {"task_run_name": "custom-name"},
+    "retries": {"retries": 1},
+    "name": {"name": "renamed"},
+}
+
+
+def _second_call(options: dict) -> dict:
+    """What the second call of a committed step in a plain flow looks like on the server."""
+
+    @flow
+    def twice():
+        steps.source(4)  # commits
+        return steps.source.with_options(**options)(4, return_state=True)
+
+    state = twice(return_state=True)
+    inner = state.result()
+    (run,) = [
+        r
+        for r in final_task_runs(state.state_details.flow_run_id, 2)
+        if r.id == inner.state_details.task_run_id
+    ]
+    return {"state": inner.name, "result": str(inner.result()), "run": run.name}
+
+
+@pytest.mark.parametrize("options", list(SERVED_OPTIONS))
+def test_a_served_step_looks_like_the_engines_under_task_options(options, tmp_path, monkeypatch):
+    """Found by an attack: a user's `task_run_name` was replaced by the identity."""
+    from tasks.core import decorator
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(tmp_path / "served"))
+    served = _second_call(SERVED_OPTIONS[options])
+    monkeypatch.setattr(decorator, "serve_committed", lambda *args: None)
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(tmp_path / "engine"))
+    assert served == _second_call(SERVED_OPTIONS[options])
+    assert served["state"] == "Cached"
+
+
+def test_persist_result_false_is_refused_naming_why():
+    """It makes Prefect drop the cache policy: no lease, and a step that can never commit."""
+    with pytest.raises(ValueError, match="persist_result=False would turn off its commit"):
+        steps.source.with_options(persist_result=False)
+
+
+def test_a_damaged_or_forced_step_is_recomputed_not_served(prefix, call_log):
+    @flow
+    def once():
+        return steps.source(5)
+
+    out = Path(once().path)
+    (out / "data.json").write_text("[]")  # truncated
+    once()
+    commit = out / ".lmflows" / "commit.json"
+    commit.unlink()
+    commit.mkdir()  # a folder planted where the record was
+    once()
+    assert calls(call_log) == ["source-5"] * 3
+
+    @flow
+    def twice():
+        steps.source(5)
+        return steps.source(5, return_state=True)
+
+    set_force(["t/source*"])
+    try:
+        state = twice()
+    finally:
+        set_force([])
+    assert calls(call_log) == ["source-5"] * 4  # forced once per process, then served
+    assert state.name == "Cached"

@@ -28,7 +28,7 @@ from tasks.core import (
 from tasks.core.attempt import make_runner, refs_to_paths
 from tasks.core.definition import OUTPUT_PATH, StepDefinition, StepDefinitionError, define
 from tasks.core.identity import Identity
-from tasks.core.policy import LeaseLockManager, StepCachePolicy
+from tasks.core.policy import IdentityRunName, LeaseLockManager, StepCachePolicy
 from tasks.core.ref import StepRef
 from tasks.core.served import serve_committed
 
@@ -262,6 +262,12 @@ class Step(Task):
                 f"step {self.definition.name_template!r}: its cache policy is its identity "
                 "and cannot be replaced"
             )
+        if options.get("persist_result", True) is not True:
+            raise ValueError(
+                f"step {self.definition.name_template!r}: persist_result=False would turn off "
+                "its commit record (Prefect drops the cache policy, so no lease is taken and "
+                "the step cannot commit); a step's result is always persisted"
+            )
         options.pop("result_storage", None)
         options.pop("result_serializer", None)
         new = super().with_options(result_storage=None, **options)
@@ -283,19 +289,6 @@ def _flow_runs_on_ray() -> bool:
     ctx = FlowRunContext.get()
     runner = getattr(ctx, "task_runner", None) if ctx else None
     return type(runner).__name__ in ("RayTaskRunner", "StepRayTaskRunner")
-
-
-class IdentityRunName:
-    """Names each task run after its identity (``toy/square-0fde9076ed``) in the Prefect UI."""
-
-    def __init__(self, definition: StepDefinition) -> None:
-        self.definition = definition
-
-    def __call__(self, parameters: dict[str, Any]) -> str:
-        try:
-            return self.definition.identify_in_run(parameters).name_with_hash
-        except Exception:
-            return self.definition.name_template
 
 
 def _is_mappable(value: Any) -> bool:

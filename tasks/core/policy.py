@@ -248,3 +248,16 @@ class StepCachePolicy(CachePolicy):
         key = storage.commit_key(identity.name_with_hash)
         _note_deps(key, identity.deps)
         return key
+
+
+class IdentityRunName:
+    """Names each task run after its identity (``toy/square-0fde9076ed``) in the Prefect UI."""
+
+    def __init__(self, definition: StepDefinition) -> None:
+        self.definition = definition
+
+    def __call__(self, parameters: dict[str, Any]) -> str:
+        try:
+            return self.definition.identify_in_run(parameters).name_with_hash
+        except Exception:
+            return self.definition.name_template

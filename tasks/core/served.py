@@ -56,8 +56,12 @@ def _plain_task(task: Any) -> bool:
         "on_commit_hooks",
         "on_rollback_hooks",
     )
+    from tasks.core.policy import IdentityRunName, StepCachePolicy
+
     return (
-        not task.refresh_cache
+        isinstance(task.cache_policy, StepCachePolicy)  # not persist_result=False's NO_CACHE
+        and isinstance(task.task_run_name, IdentityRunName)  # no task_run_name of the user's
+        and not task.refresh_cache
         and not task.tags
         and task.cache_expiration is None
         and not any(getattr(task, name, None) for name in hooks)
