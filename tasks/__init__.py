@@ -31,7 +31,7 @@ MOVED = {
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old path of `MOVED` and loads it as the moved module itself. (The import
     system keeps whatever module `create_module` returns, and `exec_module` has nothing left
-    to run: the target is already executed.)"""
+    to run: the target is already executed; it only gives the module its own spec back.)"""
 
     def find_spec(self, fullname: str, path=None, target=None):
         if fullname not in MOVED:
@@ -39,10 +39,12 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec) -> ModuleType:
-        return importlib.import_module(MOVED[spec.name])
+        module = importlib.import_module(MOVED[spec.name])
+        spec.loader_state = module.__spec__  # the import system overwrites it: put it back
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        return None
+        module.__spec__ = module.__spec__.loader_state  # `reload` and `-m` see the real one
 
 
 if not any(isinstance(finder, _Alias) for finder in sys.meta_path):

@@ -133,3 +133,21 @@ def test_relative_data_urls_still_name_the_checked_in_files():
     for url in ("data/kjv/kjv-00.jsonl.gz", "data/pydoc/pydoc-00.jsonl.gz"):
         assert Path(resolve_source(url)) == REPO / url
         assert Path(resolve_source(url)).is_file()
+
+
+def test_an_old_path_leaves_the_moved_module_its_own_spec():
+    """Found by an attack: importing `tasks.minhash` gave `tasks.data.minhash` the alias's
+    spec, so `importlib.reload` re-ran nothing and renamed the module."""
+    code = (
+        "import importlib, json; import tasks.data.minhash as real; import tasks.minhash; "
+        "real.normalize = None; importlib.reload(real); "
+        "print(json.dumps([real.__spec__.name, real.__name__, real.normalize is not None]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        "tasks.data.minhash",
+        "tasks.data.minhash",
+        True,
+    ]
