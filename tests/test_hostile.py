@@ -506,3 +506,40 @@ def test_bad_settings_and_arguments_are_one_line(args, env, message, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lmflows: error:"), result.stderr[-2000:]
     assert message in lines[0]
+
+
+def test_a_manifest_entry_that_says_nothing_is_no_manifest(prefix, tmp_path):
+    """Found by an attack: an entry `{}` compared equal to any file (or link) at that path."""
+    from tasks.core import manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data.json").write_text("[1]")
+    (out / "link").symlink_to("data.json")
+    for files in ({"data.json": {}}, {"data.json": {"bytes": 3}, "link": {}}):
+        assert manifest.quick_problem(str(out), {"files": files}) == (
+            "its commit record carries no valid manifest"
+        )
+        assert manifest.problems(str(out), {"files": files}) == [
+            "its commit record carries no valid manifest"
+        ]
+    intact = manifest.build(str(out))
+    assert (
+        manifest.quick_problem(str(out), intact) is None
+        and manifest.problems(str(out), intact) == []
+    )
+
+
+def test_a_lease_guard_planted_as_a_link_is_refused_and_its_target_never_created(prefix, tmp_path):
+    """Found by an attack: the guard was opened with O_CREAT through a planted link."""
+    from tasks.core import lease
+
+    path = storage.lease_path("t/guarded-0123456789")
+    guard = Path(path).with_name("lease.guard")
+    guard.parent.mkdir(parents=True)
+    target = tmp_path / "elsewhere" / "created-by-lmflows"
+    target.parent.mkdir()
+    guard.symlink_to(target)  # dangling: O_CREAT would create it
+    with pytest.raises(storage.LinkedPathError, match="lease.guard is a symbolic link"):
+        lease.try_acquire(path, "me")
+    assert not target.exists()

@@ -75,7 +75,13 @@ def _files(manifest: Any) -> dict[str, dict[str, Any]] | None:
     for rel, entry in files.items():
         if not isinstance(entry, dict) or not _safe_relative(rel):
             return None
+        if not _KINDS & entry.keys():  # `{}` would match any file: not an entry we write
+            return None
     return files
+
+
+# Every entry we write says what it is: a file's size, a link's target, a special file's mode.
+_KINDS = {"bytes", "symlink", "special"}
 
 
 def _safe_relative(rel: Any) -> bool:

@@ -291,7 +291,15 @@ class LocalStore:
         path = local_path_of(url)
         guard = os.path.splitext(path)[0] + ".guard"
         os.makedirs(os.path.dirname(guard), exist_ok=True)
-        fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a planted link must not make us create a file anywhere else
+            fd = os.open(guard, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise LinkedPathError(
+                f"{guard} is a symbolic link; lmflows never writes through links under its "
+                "prefix (remove it)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
