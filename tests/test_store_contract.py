@@ -225,6 +225,23 @@ def test_a_committed_output_is_listed_checked_and_deleted(backend, call_log):
     assert not backend.exists(f"{out}/extra.txt")
 
 
+def test_an_isolated_step_on_a_store_only_this_process_sees_is_refused_in_one_line(
+    monkeypatch, call_log
+):
+    """memory:// is this process's: a body in a worker process would write into its own copy
+    and the output would be committed empty (found by an attack)."""
+    monkeypatch.setenv("LMFLOWS_PREFIX", f"memory://isolated-{uuid.uuid4().hex[:6]}")
+
+    @flow
+    def isolated_flow():
+        return steps.isolated(3)
+
+    state = isolated_flow(return_state=True)
+    assert state.is_failed()
+    assert "runs its body in a worker process (isolate=True)" in state.message
+    assert inventory.committed_steps() == []
+
+
 class _PlainFsspec(LocalFileSystem):
     """Local files reached through fsspec under another protocol: a real fsspec backend with
     no atomic conditional write, as s3fs or sftp would be."""

@@ -19,6 +19,7 @@ from tasks.core import (
     provenance,
     records,
     storage,
+    stores,
     walk,
 )
 from tasks.core.definition import OUTPUT_PATH, StepDefinition
@@ -49,6 +50,12 @@ def make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
         prefix = storage.current_prefix()
         lease_path = storage.lease_path(identity.name_with_hash, prefix)
         lease.assert_held(lease_path)  # never touch an output another holder owns
+        if definition.isolate and not stores.store_for(prefix).other_processes:
+            raise stores.ProcessLocalStoreError(
+                f"step {identity.name!r} runs its body in a worker process (isolate=True), "
+                f"which cannot see the prefix {prefix} (only this process can); use a local "
+                "folder or gs://"
+            )
         attempt = outputs.begin(
             identity.name_with_hash, prefix, resumable=definition.resumable and not _refreshing()
         )

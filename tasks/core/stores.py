@@ -11,7 +11,8 @@ list, publish and compare-and-swap on each backend.
 - `GcsStore` (gs://, gcs://): an attempt writes in place after clearing it; manifests carry
   size, crc32c, md5 and generation; the compare-and-swap is a write with `ifGenerationMatch`.
 - `MemoryStore` (memory://): in place; size only; one process's lock (only that process sees
-  the filesystem).
+  the filesystem, so steps that run their body in a worker process, `isolate=True`, are
+  refused there in one line).
 - `FsspecStore` (any other protocol): reads, writes and listings work; leases are refused in
   one line, because fsspec offers no atomic conditional write.
 
@@ -56,6 +57,11 @@ class LeaseUnsupportedError(RuntimeError):
     """A store with no atomic compare-and-swap: steps cannot be leased (run) on it."""
 
 
+class ProcessLocalStoreError(RuntimeError):
+    """An isolated step (its body runs in a worker process) on a store only this process
+    sees: the body's writes would vanish with the worker."""
+
+
 def protocol_of(url: str) -> str:
     return url.split("://", 1)[0] if "://" in url else "file"
 
@@ -70,6 +76,7 @@ class Store(Protocol):
 
     kind: str
     shared: bool  # other machines can see these bytes (a local folder: one machine)
+    other_processes: bool  # other processes of this machine can see them (memory://: no)
     round_trips: bool  # each call is a network round trip: callers may fan reads out
     staged: bool  # attempts write into a staging folder published at commit
 
@@ -104,6 +111,7 @@ class LocalStore:
 
     kind = "local"
     shared = False
+    other_processes = True
     round_trips = False
     staged = True
 
@@ -387,6 +395,7 @@ class FsspecStore:
 
     kind = "fsspec"
     shared = True
+    other_processes = True
     round_trips = True
     staged = False
     # checksums a listing may report, by fsspec's key -> the manifest's name
@@ -612,6 +621,7 @@ class MemoryStore(FsspecStore):
 
     kind = "memory"
     shared = False
+    other_processes = False
     round_trips = False
     _LOCK = threading.RLock()
 
