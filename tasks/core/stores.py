@@ -121,7 +121,12 @@ class LocalStore:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except (IsADirectoryError, NotADirectoryError) as exc:
             raise UnreadableRecord(f"{url} is not a regular file ({exc.strerror})") from None
-        with os.fdopen(fd, "rb") as handle:
+        try:
+            handle = os.fdopen(fd, "rb")
+        except IsADirectoryError:  # a folder opens read-only; Python's file object refuses it
+            os.close(fd)
+            raise UnreadableRecord(f"{url} is not a regular file (a folder)") from None
+        with handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise UnreadableRecord(f"{url} is not a regular file")
