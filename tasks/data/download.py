@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from tasks.core import step
+from tasks.core import step, stores
 from tasks.core.manifest import sha256_of
 from tasks.core.provenance import note
 from tasks.core.storage import META_DIR
@@ -122,7 +122,8 @@ def download_hf(
     info = HfApi(token=token).dataset_info(dataset_id, revision=revision)
     commit = info.sha
     note(hf_dataset=dataset_id, requested_revision=revision, resolved_commit=commit)
-    local = output_path if "://" not in output_path else tempfile.mkdtemp(prefix="lmflows-hf-")
+    in_place = stores.store_for(output_path).local_path(output_path)  # None: an object store
+    local = in_place or tempfile.mkdtemp(prefix="lmflows-hf-")
     snapshot_download(
         repo_id=dataset_id,
         repo_type="dataset",
@@ -136,7 +137,7 @@ def download_hf(
         parts = path.relative_to(local).parts
         if path.is_file() and not {".cache", META_DIR} & set(parts):
             rel = str(path.relative_to(local))
-            if local != output_path:
+            if in_place is None:
                 copy_with_checksum(str(path), f"{output_path}/{rel}")
             files.append(
                 {"name": rel, "bytes": path.stat().st_size, "sha256": sha256_of(str(path))}

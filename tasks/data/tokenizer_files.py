@@ -39,8 +39,11 @@ def check_tokenizer_folder(folder: str, shown_as: str | None = None) -> None:
 
 def save_tokenizer(hf_tokenizer, output_path: str) -> None:
     """save_pretrained writes local files; copy them to any fsspec output."""
-    if "://" not in output_path:
-        hf_tokenizer.save_pretrained(output_path)
+    from tasks.core import stores
+
+    local = stores.store_for(output_path).local_path(output_path)
+    if local is not None:
+        hf_tokenizer.save_pretrained(local)
         return
     import fsspec
 
