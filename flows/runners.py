@@ -43,6 +43,28 @@ class StepRayTaskRunner(RayTaskRunner):
         parameters, upstream = super()._exchange_prefect_for_ray_futures(kwargs_prefect_futures)
         return parameters, [*upstream, *_EXTRA_UPSTREAM.get()]
 
+    @staticmethod
+    def _run_prefect_task(*upstream_ray_obj_refs: Any, **kwargs: Any) -> Any:
+        """prefect-ray's remote function, then the task run's events and logs sent before the
+        result goes back. Prefect sends task-run states (Cached, Completed...) as events from
+        a queue in the worker process; a local Ray ends its workers when the driver exits,
+        and a state still queued then never reaches the server (seen in CI: a rerun's two
+        `Cached` task runs were missing from the UI)."""
+        try:
+            return RayTaskRunner._run_prefect_task(*upstream_ray_obj_refs, **kwargs)
+        finally:
+            send_queued_events()
+
+
+def send_queued_events(timeout: float = 10.0) -> None:
+    """Wait (at most `timeout` seconds each) for this process's queued Prefect events and API
+    logs to be sent; the services start again on their next use."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=timeout, at_exit=False)
+
 
 def ray_task_runner(address: str | None = None, num_cpus: int | None = None) -> Any:
     """A prefect-ray `RayTaskRunner`: a new local Ray (`address=None`) or an existing one."""

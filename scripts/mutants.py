@@ -38,6 +38,15 @@ class Mutant:
 MUTANTS = [
     # the nine of the test-strength issue
     Mutant(
+        "a Ray worker returns before its task run's events are sent",
+        "flows/runners.py",
+        "        finally:\n            send_queued_events()",
+        "        finally:\n            pass",
+        (
+            "tests/test_ray.py::test_a_ray_workers_task_run_states_reach_the_server_before_its_result_returns",
+        ),
+    ),
+    Mutant(
         "lease renewal switched off",
         "tasks/core/lease.py",
         "while not held.stop.wait(interval):",
@@ -169,8 +178,8 @@ MUTANTS = [
     Mutant(
         "ref.path accepted as a hash attribute",
         "tasks/core/identity.py",
-        "    would change with the prefix (another bucket, region or laptop).\"\"\"\n",
-        "    would change with the prefix (another bucket, region or laptop).\"\"\"\n    return\n",
+        '    would change with the prefix (another bucket, region or laptop)."""\n',
+        '    would change with the prefix (another bucket, region or laptop)."""\n    return\n',
         ("tests/test_declarations.py",),
     ),
     Mutant(

@@ -55,6 +55,53 @@ def test_run_on_a_local_ray_cluster_then_cached(tmp_path):
     assert commit.stat().st_mtime_ns == commit_mtime
 
 
+_RAY_WORKER_EXITS = """
+import os, sys, uuid
+from prefect import task
+from prefect.context import serialize_context
+from flows.runners import StepRayTaskRunner
+
+@task
+def add_one(x: int) -> int:
+    return x + 1
+
+task_run_id = uuid.uuid4()
+state = StepRayTaskRunner._run_prefect_task(
+    task=add_one, task_run_id=task_run_id, context=serialize_context(), parameters={"x": 1}
+)
+print(task_run_id, state.name, flush=True)
+os._exit(0)  # a local Ray ends its workers like this when the driver leaves: no atexit drain
+"""
+
+
+def test_a_ray_workers_task_run_states_reach_the_server_before_its_result_returns():
+    """The remote function itself (no Ray needed to call it) sends the task run's queued
+    events before returning: a worker killed right after its result went back leaves the
+    run in the UI. Without the flush the process's exit loses the final state (CI saw a
+    rerun whose two Cached task runs were missing)."""
+    from prefect.client.orchestration import get_client
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RAY_WORKER_EXITS], cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    task_run_id, state_name = done.stdout.split()
+    assert state_name == "Completed"
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                run = client.read_task_run(task_run_id)
+            except Exception:  # not recorded (yet)
+                run = None
+            if run is not None and run.state and run.state.is_final():
+                break
+            assert time.monotonic() < deadline, "the task run never reached the server"
+            time.sleep(0.25)
+    assert run.state.name == "Completed"
+
+
 # --- a Ray cluster started by the test: custom resources, concurrency, crashes -------------
 
 import shutil  # noqa: E402
