@@ -11,9 +11,10 @@ import json
 import multiprocessing
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from tasks.core import step
-from tasks.data import checks
+from tasks.core.argument_checks import positive
 from tasks.data.minhash import LshIndex, signatures_of
 from tasks.data.shards import CorpusError, ShardWriter, iter_shard, list_shards
 
@@ -57,11 +58,24 @@ def _signed(
             yield shard_, docs_, pending.get()
 
 
+def check_dedup(
+    mode: str, num_perm: int, bands: int, ngram: int, threshold: float, **_: Any
+) -> None:
+    """`dedup`'s `validate=`: a known mode and a consistent LSH banding."""
+    if mode not in ("exact", "fuzzy"):
+        raise ValueError(f"mode={mode!r}: expected 'exact' or 'fuzzy'")
+    positive(num_perm=num_perm, bands=bands, ngram=ngram)
+    if num_perm % bands:
+        raise ValueError(f"num_perm={num_perm} must be a multiple of bands={bands}")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must be in (0, 1]")
+
+
 @step(
     hash_attrs=["dataset", "mode", "num_perm", "bands", "ngram", "threshold", "seed", "text_field"],
     operational=["processes", "chunk_size"],
     name="dedup/{name}",
-    validate=checks.dedup,
+    validate=check_dedup,
 )
 def dedup(
     dataset: str,

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import fsspec
@@ -17,7 +18,6 @@ from tasks.core import step, stores
 from tasks.core.manifest import sha256_of
 from tasks.core.provenance import note
 from tasks.core.storage import META_DIR
-from tasks.data import checks
 
 logger = logging.getLogger("lmflows.download")
 
@@ -55,11 +55,20 @@ def copy_with_checksum(source: str, destination: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def check_download_url(urls: Any, **_: Any) -> None:
+    """`download_url`'s `validate=`: a non-empty list of URL strings."""
+    if isinstance(urls, str) or not isinstance(urls, (list, tuple)) or not urls:
+        raise ValueError(f"urls={urls!r}: download_url needs a non-empty list of URLs")
+    bad = [u for u in urls if not isinstance(u, str) or not u]
+    if bad:
+        raise ValueError(f"urls: {bad!r} are not URL strings")
+
+
 @step(
     hash_attrs=["urls"],
     operational=["expected_sha256"],
     name="raw/{name}",
-    validate=checks.download_url,
+    validate=check_download_url,
 )
 def download_url(
     urls: list[str], name: str = "url", expected_sha256: dict | None = None, *, output_path: str

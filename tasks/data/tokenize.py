@@ -21,7 +21,6 @@ from typing import Any
 
 from tasks.core import step
 from tasks.core.gcs_auth import tensorstore_follows_emulator
-from tasks.data import checks
 from tasks.data.shards import CorpusError, iter_documents
 from tasks.data.tokenizer_files import load_tokenizer
 
@@ -94,11 +93,17 @@ def _read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         reader.join()
 
 
+def check_tokenize(validation_fraction: float, **_: Any) -> None:
+    """`tokenize`'s `validate=`: a validation fraction in [0, 1)."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
+
+
 @step(
     hash_attrs=["dataset", "tokenizer", "validation_fraction", "seed", "text_field"],
     operational=["batch_size"],
     name="tokenized/{name}",
-    validate=checks.tokenize,
+    validate=check_tokenize,
     isolate=True,
 )
 def tokenize(

@@ -4,9 +4,10 @@ tokenizer directory that `AutoTokenizer.from_pretrained(path)` loads."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from tasks.core import step
-from tasks.data import checks
+from tasks.core.argument_checks import positive
 from tasks.data.shards import iter_documents
 
 # load_tokenizer: re-exported, existing experiments import it from here (tasks.train_tokenizer).
@@ -24,10 +25,20 @@ def _texts(corpus: str, max_documents: int | None) -> Iterator[str]:
         yield doc["text"]
 
 
+def check_train_tokenizer(vocab_size: int, min_frequency: int, **_: Any) -> None:
+    """`train_tokenizer`'s `validate=`: room for the byte alphabet and specials."""
+    positive(min_frequency=min_frequency)
+    if not isinstance(vocab_size, int) or vocab_size < 300:
+        raise ValueError(
+            f"vocab_size={vocab_size!r}: a byte-level BPE needs at least 256 "
+            "byte tokens + special tokens (>= 300)"
+        )
+
+
 @step(
     hash_attrs=["corpus", "vocab_size", "min_frequency", "max_documents", "model_max_length"],
     name="tokenizer/{name}",
-    validate=checks.train_tokenizer,
+    validate=check_train_tokenizer,
     isolate=True,
 )
 def train_tokenizer(

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from tasks.data.checks import positive
+from tasks.core.argument_checks import positive
 
 # levanter LlamaConfig's field names, also the steps' argument names: the architecture (one
 # size of a scaling grid) and, with the sequence length, the model shape a training records.

@@ -29,8 +29,8 @@ import tempfile
 from typing import Any
 
 from tasks.core import StepRef, step
+from tasks.core.argument_checks import positive
 from tasks.core.gcs_auth import tensorstore_follows_emulator
-from tasks.data.checks import positive
 from tasks.lm import accelerators
 from tasks.lm.chat_data import (
     TRAIN_FILES,

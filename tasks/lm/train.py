@@ -23,9 +23,9 @@ from typing import Any
 import fsspec
 
 from tasks.core import step
+from tasks.core.argument_checks import positive
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.core.provenance import note
-from tasks.data.checks import positive
 from tasks.lm import accelerators
 from tasks.lm.checkpoints import checkpoint_keep, latest_checkpoint
 from tasks.lm.files import join_url, put_folder
