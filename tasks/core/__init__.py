@@ -32,6 +32,7 @@ A step call's life, one line per stage (module in brackets):
              place, swapped with an older version under `--force` [records, outputs, stores]
 """
 
+from tasks.core.adopt import AdoptedRef, AdoptError, adopt
 from tasks.core.decorator import Step, StepDefinitionError, set_force, step
 from tasks.core.definition import StepDefinition
 from tasks.core.identity import StepArgumentError, StepNameError, compute_hash, identify
@@ -41,6 +42,8 @@ from tasks.core.schedule import PendingStepRef, StepFailedError, flow
 from tasks.core.storage import PREFIX_ENV, current_prefix
 
 __all__ = [
+    "AdoptError",
+    "AdoptedRef",
     "PREFIX_ENV",
     "LeaseLostError",
     "Step",
@@ -51,6 +54,7 @@ __all__ = [
     "StepRef",
     "PendingStepRef",
     "StepFailedError",
+    "adopt",
     "flow",
     "compute_hash",
     "current_prefix",
