@@ -21,6 +21,7 @@ from tasks.core import AdoptedRef, AdoptError, StepRef, adopt, planning, storage
 from tasks.core.adopt import _MEMO, fingerprint_of
 from tests.conftest import calls, run_python
 from tests.helpers.adopted import adopt_and_read
+from tests.test_cli import flows_cli_many
 
 # tests/test_pinned.py pins these for the fixture's two files
 FIXTURE_FINGERPRINT = "ec46de33e29c35f79196694ac9cefa1925a4f6a01984d8fb8b93b662406ecd57"
@@ -125,8 +126,9 @@ def test_a_changed_file_is_refused_naming_it(prefix, tmp_path, change, named):
 
 def test_a_pinned_fingerprint_is_checked(prefix, tmp_path):
     folder = make_folder(tmp_path / "cache")
-    assert adopt(str(folder), name="fixture", fingerprint=FIXTURE_FINGERPRINT).hash == (
-        FIXTURE_IDENTITY.rsplit("-", 1)[1]
+    assert (
+        adopt(str(folder), name="fixture", fingerprint=FIXTURE_FINGERPRINT).hash
+        == (FIXTURE_IDENTITY.rsplit("-", 1)[1])
     )
     wrong = "0" * 64
     with pytest.raises(AdoptError, match=f"has fingerprint {FIXTURE_FINGERPRINT}, not the "):
@@ -188,43 +190,41 @@ def test_bad_folders_are_one_line(prefix, tmp_path):
 
 def test_the_command_line_plans_runs_and_shows_an_adopted_folder(tmp_path):
     """Through `python -m flows`: plan (nothing written, the row's path is the folder),
-    run, status, show; a bad folder and a changed file stop `run` in one line before any
-    step runs."""
+    run, status, show; a missing folder and a changed file stop `run` in one line before any
+    step runs. Read-only and refused commands share a process (tests/helpers/cli_many.py)."""
     out = tmp_path / "out"
     folder = make_folder(tmp_path / "cache")
     common = ["--prefix", str(out), "--param", f"path={folder}"]
-    plan = run_python(["-m", "flows", "plan", EXPERIMENT, *common])
+    missing = ["--prefix", str(out), "--param", "path=/no/such"]
+    plan, refused = flows_cli_many(["plan", EXPERIMENT, *common], ["run", EXPERIMENT, *missing])
     assert plan.returncode == 0, plan.stderr
     row = next(ln for ln in plan.stdout.splitlines() if ln.startswith("adopted/"))
     assert row.split() == [FIXTURE_IDENTITY, "missing", str(folder)]
-    assert not out.exists(), "plan writes nothing"
+    assert "3 steps (3 missing)" in plan.stdout
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "lmflows: error: adopt /no/such: no such folder"
+    assert not out.exists(), "plan writes nothing; a refused run runs nothing"
 
     ran = run_python(["-m", "flows", "run", EXPERIMENT, *common])
     assert ran.returncode == 0, ran.stderr[-3000:]
-    again = run_python(["-m", "flows", "plan", EXPERIMENT, *common])
-    assert "3 steps (3 committed)" in again.stdout, again.stdout
-    status = run_python(["-m", "flows", "status", "--prefix", str(out)])
-    assert FIXTURE_IDENTITY in status.stdout
-    show = run_python(["-m", "flows", "show", FIXTURE_IDENTITY, "--prefix", str(out)])
+    before = files_under(out)
+    (folder / "sub" / "b.bin").write_text("WORLD\n")
+    status, show, changed = flows_cli_many(
+        ["status", "--prefix", str(out)],
+        ["show", FIXTURE_IDENTITY, "--prefix", str(out)],
+        ["run", EXPERIMENT, *common],
+    )
+    assert "3 committed steps" in status.stdout and FIXTURE_IDENTITY in status.stdout
     shown = json.loads(show.stdout)
     assert shown["metadata"]["fingerprint"] == FIXTURE_FINGERPRINT
     assert shown["provenance"]["notes"]["adopted_from"] == str(folder)
-
-    (folder / "sub" / "b.bin").write_text("WORLD\n")
-    before = files_under(out)
-    changed = run_python(["-m", "flows", "run", EXPERIMENT, *common])
     assert changed.returncode == 2
+    new = changed.stderr.rsplit("fingerprint=", 1)[1].strip()
     assert changed.stderr.strip().splitlines() == [
         f"lmflows: error: adopt {folder}: the folder changed since it was adopted as "
         f"{FIXTURE_IDENTITY}: file sub/b.bin has other content (same size); put it back, or "
-        "adopt the new content with fingerprint="
-        + repr(changed.stderr.rsplit("fingerprint=", 1)[1].strip().strip("'"))
+        f"adopt the new content with fingerprint={new}"
     ]
-    missing = run_python(
-        ["-m", "flows", "run", EXPERIMENT, "--prefix", str(out), "--param", "path=/no/such"]
-    )
-    assert missing.returncode == 2
-    assert missing.stderr.strip() == "lmflows: error: adopt /no/such: no such folder"
     assert files_under(out) == before, "nothing ran"
 
 

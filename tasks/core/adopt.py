@@ -125,8 +125,7 @@ def adopt(path: str, name: str, fingerprint: str | None = None) -> AdoptedRef:
         )
     if fingerprint is not None and fingerprint != found:
         raise AdoptError(
-            f"adopt {location}: its content has fingerprint {found}, not the expected "
-            f"{fingerprint}"
+            f"adopt {location}: its content has fingerprint {found}, not the expected {fingerprint}"
         )
     identity = identify(NAME_TEMPLATE, ("fingerprint",), {"name": name, "fingerprint": found})
     metadata = {
@@ -287,8 +286,7 @@ def _read_index(path: str, location: str) -> dict[str, Any] | None:
         and isinstance(entry.get("files"), dict)
         and isinstance(entry.get("hints"), dict)
         and all(
-            isinstance(e, dict) and isinstance(e.get("bytes"), int)
-            for e in entry["files"].values()
+            isinstance(e, dict) and isinstance(e.get("bytes"), int) for e in entry["files"].values()
         )
         and fingerprint_of(entry["files"]) == entry["fingerprint"]
     )
