@@ -251,7 +251,7 @@ class LocalStore:
         return files
 
     def path_kind(self, url: str) -> str:
-        """ "folder", "file", "link" (never followed) or "missing"."""
+        """What `url` is: folder, file, link (never followed) or missing."""
         try:
             info = os.lstat(local_path_of(url))
         except FileNotFoundError:
@@ -534,7 +534,7 @@ class FsspecStore:
         ]
 
     def path_kind(self, url: str) -> str:
-        """ "folder", "file" or "missing" (object stores have no links)."""
+        """What `url` is: folder, file or missing (object stores have no links)."""
         fs, path = self.filesystem(url)
         fs.invalidate_cache()
         if fs.isdir(path):
