@@ -17,7 +17,16 @@ import fsspec
 import pytest
 
 from benches.common import fake_gcs
-from tasks.core import AdoptedRef, AdoptError, StepRef, adopt, planning, storage, stores
+from tasks.core import (
+    AdoptedRef,
+    AdoptError,
+    StepRef,
+    adopt,
+    planning,
+    set_force,
+    storage,
+    stores,
+)
 from tasks.core.adopt import _MEMO, fingerprint_of
 from tests.conftest import calls, run_python
 from tests.helpers.adopted import adopt_and_read
@@ -158,6 +167,13 @@ def test_content_is_read_once_and_then_only_where_a_file_changed(prefix, tmp_pat
     _MEMO.clear()
     assert adopt(str(folder), name="fixture") == first
     assert read == ["c.txt"]
+    read.clear()
+    set_force(["adopted/fixture"])  # --force 'adopted/fixture': every file read again
+    try:
+        assert adopt(str(folder), name="fixture") == first
+    finally:
+        set_force([])
+    assert sorted(read) == ["a.txt", "c.txt", "sub/b.bin"]
 
 
 def test_bad_folders_are_one_line(prefix, tmp_path):
