@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import fsspec
+import prefect
 import pytest
 
 from benches.common import fake_gcs
@@ -29,7 +30,7 @@ from tasks.core import (
 )
 from tasks.core.adopt import _MEMO, fingerprint_of
 from tests.conftest import calls, run_python
-from tests.helpers.adopted import adopt_and_read
+from tests.helpers.adopted import adopt_and_read, read_adopted
 from tests.test_cli import flows_cli_many
 
 # tests/test_pinned.py pins these for the fixture's two files
@@ -83,6 +84,24 @@ def test_an_adopted_folder_is_read_in_place_and_keys_downstream_by_content(
     assert again["source"].path == str(second)
     assert [again["whole"], again["inside"]] == [whole, inside]
     assert calls(call_log) == ["read-adopted", "read-adopted"], "served from the cache"
+
+
+@prefect.flow
+def plain_adopt_and_read(path: str) -> list:
+    """A plain Prefect flow: calls run to their end; a committed one is served `Cached`."""
+    return [read_adopted(adopt(path, name="fixture"), return_state=True) for _ in range(2)]
+
+
+def test_a_plain_prefect_flow_reads_an_adopted_folder_and_then_serves_it_cached(
+    prefix, tmp_path, call_log
+):
+    folder = make_folder(tmp_path / "cache")
+    first, second = plain_adopt_and_read(str(folder))
+    assert (first.name, second.name) == ("Completed", "Cached")
+    assert first.result().metadata == {"data": str(folder), "text": "hello\n"}
+    again = plain_adopt_and_read(str(folder))
+    assert [state.name for state in again] == ["Cached", "Cached"]
+    assert calls(call_log) == ["read-adopted"]
 
 
 def test_other_content_or_another_name_is_another_identity(prefix, tmp_path):
@@ -193,6 +212,7 @@ def test_bad_folders_are_one_line(prefix, tmp_path):
         str(with_link): "sub/alias is a symbolic link",
         str(a_file): "it is a file, not a folder",
         os.path.join(prefix, "inside"): "is under the output prefix",
+        str(Path(prefix).parent): "is inside this folder",
     }
     Path(prefix, "inside").mkdir(parents=True)
     Path(prefix, "inside", "x").write_text("x")

@@ -104,6 +104,11 @@ def adopt(path: str, name: str, fingerprint: str | None = None) -> AdoptedRef:
             f"adopt {location}: the folder is under the output prefix {prefix}; pass the "
             "step's StepRef instead (adopting is for folders lmflows did not make)"
         )
+    if under_prefix(prefix, location):
+        raise AdoptError(
+            f"adopt {location}: the output prefix {prefix} is inside this folder, so every "
+            "run would change its content; adopt a folder beside the prefix"
+        )
     if not isinstance(name, str):
         raise AdoptError(f"adopt {location}: name must be a string, got {name!r}")
     full_name = fill_name(NAME_TEMPLATE, {"name": name})  # a bad name: one StepNameError line
