@@ -82,7 +82,7 @@ def set_only(selected: Iterable[str] | None) -> None:
 
 def _skipped(task: Step, params: dict[str, Any]) -> StepRef | None:
     """The reference a call outside the `--only` selection returns instead of running."""
-    if _ONLY is None:
+    if _ONLY is None or _in_task_run():  # a step's own body runs what it calls (unplanned)
         return None
     params = planning.resolve_planned(params)  # skipped `.submit()` calls upstream
     if _has_future(params):  # a selected upstream's future: its identity is needed
