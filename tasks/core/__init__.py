@@ -30,6 +30,9 @@ A step call's life, one line per stage (module in brackets):
 9. commit    fenced: a holder that lost its lease fails; the manifest and the JSON record are
              written last, then (local disk) the staging folder is renamed into the output's
              place, swapped with an older version under `--force` [records, outputs, stores]
+
+`adopt(path, name=...)` [adopt] skips 6-8: an existing folder is committed as
+`adopted/{name}-{hash}`, keyed by the fingerprint of its files' content, and read in place.
 """
 
 from tasks.core.adopt import AdoptedRef, AdoptError, adopt

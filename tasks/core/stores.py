@@ -16,6 +16,11 @@ list, publish and compare-and-swap on each backend.
 - `FsspecStore` (any other protocol): reads, writes and listings work; leases are refused in
   one line, because fsspec offers no atomic conditional write.
 
+For folders lmflows did not write (`adopt`), a store also says what a folder is
+(`path_kind`), lists its files cheaply with the digests it reports and its change hints
+(`snapshot`: local size, ctime and inode; GCS size, crc32c, md5 and generation) and reads one
+file's digest (`digest`: a local sha256).
+
 A store that cannot compare-and-swap says so in one line (`LeaseUnsupportedError`) before a
 step starts, rather than letting two holders both believe they won.
 """
