@@ -17,6 +17,7 @@ USAGE_EPILOG = """examples:
   python -m flows run demo                 run experiments/demo.py end to end
   python -m flows plan demo                what would run, what is committed; writes nothing
   python -m flows run demo --force 'checkpoints/*'   re-execute matching steps only
+  python -m flows run demo --only 'eval/*'  the matching steps and what they need, no more
   python -m flows run lr_sweep --param 'learning_rates=[0.001, 0.02]'
   python -m flows explain demo              why each step would run, and what it re-runs
   python -m flows status --prefix gs://bucket/lm
@@ -71,10 +72,22 @@ def _parser() -> argparse.ArgumentParser:
             help="re-execute steps whose name matches (fnmatch), e.g. 'checkpoints/*'",
         )
 
+    def add_only(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--only",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="GLOB",
+            help="only steps whose name or NAME-HASH matches (fnmatch), and the steps they "
+            "need; nothing else runs",
+        )
+
     run = sub.add_parser("run", help="run an experiment's flow")
     add_experiment(run)
     run.add_argument("--dry-run", action="store_true", help="same as `plan`")
     add_force(run)
+    add_only(run)
     run.add_argument(
         "--runner",
         choices=["threads", "ray"],
@@ -106,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what a run would do; runs and writes nothing")
     add_experiment(plan)
     add_force(plan)
+    add_only(plan)
     add_common(plan)
 
     explain = sub.add_parser(
@@ -160,13 +174,14 @@ def cmd_run(
     runner: str = "threads",
     ray_address: str | None = None,
     param_pairs: Sequence[str] = (),
+    only: Sequence[str] = (),
 ) -> int:
     from flows.planned import plan_command
     from flows.server import ensure_server, ui_url
     from tasks.core import storage
 
     prefix = storage.current_prefix()
-    flow, params, plan = plan_command(experiment, param_pairs, force, quiet=True)
+    flow, params, plan = plan_command(experiment, param_pairs, force, quiet=True, only=only)
     _check_writable(prefix)
     if runner == "threads":
         _start_fork_server_early(plan)
@@ -427,9 +442,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return cmd_explain(args.experiment, args.step, args.param)
         if args.command == "plan" or args.dry_run:
-            return cmd_plan(args.experiment, args.force, args.param)
+            return cmd_plan(args.experiment, args.force, args.param, args.only)
         return cmd_run(
-            args.experiment, args.force, args.server, args.runner, args.ray_address, args.param
+            args.experiment,
+            args.force,
+            args.server,
+            args.runner,
+            args.ray_address,
+            args.param,
+            args.only,
         )
     except (
         ExperimentError,

@@ -45,17 +45,21 @@ def plan_command(
     param_pairs: Sequence[str],
     force: Sequence[str] = (),
     quiet: bool = False,
+    only: Sequence[str] = (),
 ) -> tuple[Flow, dict[str, Any], planning.Plan]:
     """What a command plans: load the experiment, bind `--param` pairs, set `--force`, plan
-    (identities only: milliseconds) and check the `--force` globs. A bad argument is one
-    `ArgumentError` line."""
+    (identities only: milliseconds) and check the `--force` globs. `only`: the plan keeps the
+    steps matching a glob and what they need, and a run then runs just those. A bad argument
+    is one `ArgumentError` line."""
     from flows.loader import load_flow
     from flows.params import parse
     from tasks.core import set_force
+    from tasks.core.decorator import set_only
 
     flow = load_flow(experiment)
     raw = parse(param_pairs)
     set_force(force)
+    set_only(None)
     try:
         params, plan = plan_experiment(flow, raw, quiet)
     except PlanningFailed as failed:
@@ -67,7 +71,44 @@ def plan_command(
             + " ".join(str(exc).split())[:500]
         ) from exc
     _check_force_globs(force, plan)
+    if only:
+        selected = select_only(plan, only)
+        plan.steps = {key: item for key, item in plan.steps.items() if key in selected}
+        set_only(selected)
     return flow, params, plan
+
+
+def select_only(plan: planning.Plan, globs: Sequence[str]) -> set[str]:
+    """NAME-HASH of the steps whose name or NAME-HASH (their output's path under the prefix)
+    matches a glob, plus every step they need, transitively. A glob that matches nothing is
+    an `ArgumentError`: a typo must not run nothing and report success."""
+    import fnmatch
+
+    names = sorted({item.ref.name for item in plan.steps.values()})
+    matched = {
+        glob: [
+            key
+            for key, item in plan.steps.items()
+            if fnmatch.fnmatchcase(item.ref.name, glob) or fnmatch.fnmatchcase(key, glob)
+        ]
+        for glob in globs
+    }
+    idle = [glob for glob, keys in matched.items() if not keys]
+    if idle:
+        raise ArgumentError(
+            f"--only {' '.join(idle)} matches no step of the plan; its steps are: "
+            + ", ".join(names)
+        )
+    selected: set[str] = set()
+    todo = [key for keys in matched.values() for key in keys]
+    while todo:
+        key = todo.pop()
+        if key in selected:
+            continue
+        selected.add(key)
+        item = plan.steps.get(key)
+        todo.extend(item.deps if item is not None else ())
+    return selected
 
 
 def _check_force_globs(force: Sequence[str], plan) -> None:

@@ -17,11 +17,16 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def cmd_plan(experiment: str, force: list[str], param_pairs: Sequence[str] = ()) -> int:
+def cmd_plan(
+    experiment: str,
+    force: list[str],
+    param_pairs: Sequence[str] = (),
+    only: Sequence[str] = (),
+) -> int:
     from tasks.core import storage
 
     started = time.perf_counter()
-    _, _, plan = plan_command(experiment, param_pairs, force)
+    _, _, plan = plan_command(experiment, param_pairs, force, only=only)
     plan.check_status()
     elapsed = time.perf_counter() - started
     prefix = storage.current_prefix()
@@ -30,9 +35,7 @@ def cmd_plan(experiment: str, force: list[str], param_pairs: Sequence[str] = ())
         status = item.status
         if item.forced and status == "committed":
             status = "forced"
-        rows.append(
-            (item.ref.name_with_hash, status, storage.join(prefix, item.ref.name_with_hash))
-        )
+        rows.append((item.ref.name_with_hash, status, item.ref.path))  # adopted: in place
     print(_table(rows, ("STEP", "STATUS", "PATH")))
     counts: dict[str, int] = {}
     for _, status, _ in rows:

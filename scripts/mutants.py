@@ -660,6 +660,65 @@ MUTANTS += [
             "tests/test_isolation.py::test_forked_bodies_get_the_callers_environment_and_output_and_outlive_their_server",
         ),
     ),
+    # adopt (tasks/core/adopt.py) and --only (issue 17)
+    Mutant(
+        "an adopted folder's identity depends on its location",
+        "tasks/core/adopt.py",
+        '{"name": name, "fingerprint": found})',
+        '{"name": name, "fingerprint": found + location})',
+        (
+            "tests/test_adopt.py::test_an_adopted_folder_is_read_in_place_and_keys_downstream_by_content",
+            "tests/test_adopt.py::test_on_gs_the_digests_come_from_the_listing_and_two_buckets_agree",
+        ),
+    ),
+    Mutant(
+        "an adopted folder's file list keeps the change hints (ctime, inode, generation)",
+        "tasks/core/adopt.py",
+        'files[rel] = {"bytes": entry["bytes"], **digests}',
+        "files[rel] = {**entry, **digests}",
+        (
+            "tests/test_adopt.py::test_an_adopted_folder_is_read_in_place_and_keys_downstream_by_content",
+            "tests/test_adopt.py::test_on_gs_the_digests_come_from_the_listing_and_two_buckets_agree",
+        ),
+    ),
+    Mutant(
+        "a changed adopted file is not refused",
+        "tasks/core/adopt.py",
+        'if recorded is not None and recorded["fingerprint"] != found and fingerprint != found:',
+        "if False:",
+        ("tests/test_adopt.py::test_a_changed_file_is_refused_naming_it",),
+    ),
+    Mutant(
+        "an adopted file changed in place (same size) is not read again",
+        "tasks/core/adopt.py",
+        ' and baseline["hints"].get(rel) == hints:',
+        ":",
+        (
+            "tests/test_adopt.py::test_a_changed_file_is_refused_naming_it",
+            "tests/test_adopt.py::test_content_is_read_once_and_then_only_where_a_file_changed",
+        ),
+    ),
+    Mutant(
+        "--only runs every call of a selected step's name",
+        "tasks/core/decorator.py",
+        "if identity.name_with_hash in _ONLY:",
+        'if identity.name in {key.rsplit("-", 1)[0] for key in _ONLY}:',
+        ("tests/test_only.py::test_only_runs_the_matching_steps_and_what_they_need",),
+    ),
+    Mutant(
+        "--only selects without the steps the matching ones need",
+        "flows/planned.py",
+        "        todo.extend(item.deps if item is not None else ())\n",
+        "",
+        ("tests/test_only.py::test_only_runs_the_matching_steps_and_what_they_need",),
+    ),
+    Mutant(
+        "StepRef / 'x' does not point at .cd('x')",
+        "tasks/core/ref.py",
+        "    def __truediv__(self, other: object) -> StepRef:",
+        "    def _no_truediv(self, other: object) -> StepRef:",
+        ("tests/test_adopt.py::test_a_step_ref_is_not_a_path",),
+    ),
 ]
 
 EXTRA = {

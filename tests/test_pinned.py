@@ -84,3 +84,65 @@ def test_experiment_identities_are_pinned(experiment, tmp_path, monkeypatch):
     with planning.planning() as plan:
         flow.fn(**bind(flow, {}))
     assert list(plan.steps) == EXPERIMENT_IDENTITIES[experiment]
+
+
+# Adopted folders (`tasks.core.adopt`): the identity is made of the content fingerprint, the
+# sha256 of the canonical file list; these pin both for fixed content (a.txt = "hello\n",
+# sub/b.bin = "world\n"), as local disk (sha256) and gs:// (GCS's crc32c and md5) record it.
+ADOPTED_LOCAL_FILES = {
+    "a.txt": {
+        "bytes": 6,
+        "sha256": "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03",
+    },
+    "sub/b.bin": {
+        "bytes": 6,
+        "sha256": "e258d248fda94c63753607f7c4494ee0fcbe92f1a76bfdac795c9d84101eb317",
+    },
+}
+ADOPTED_GCS_FILES = {
+    "a.txt": {"bytes": 6, "crc32c": "NT3Yvg==", "md5": "sZRqySSS0jR8YjW00mERhA=="},
+    "sub/b.bin": {"bytes": 6, "crc32c": "1K1zcw==", "md5": "WReFt5RgHiErJg4lklY2/Q=="},
+}
+
+
+@pytest.mark.parametrize(
+    "files, fingerprint, expected",
+    [
+        (
+            ADOPTED_LOCAL_FILES,
+            "ec46de33e29c35f79196694ac9cefa1925a4f6a01984d8fb8b93b662406ecd57",
+            "adopted/fixture-1343fbb8d2",
+        ),
+        (
+            ADOPTED_GCS_FILES,
+            "086494fadf8238a385988a50359c027c141ce48bf85f0be3d45c63f6cd2acf92",
+            "adopted/fixture-f5099a65ee",
+        ),
+    ],
+    ids=["local", "gcs"],
+)
+def test_adopted_identity(files, fingerprint, expected):
+    from tasks.core.adopt import NAME_TEMPLATE, fingerprint_of
+
+    assert fingerprint_of(files) == fingerprint
+    identity = identify(
+        NAME_TEMPLATE,
+        ("fingerprint",),
+        {"name": "fixture", "fingerprint": fingerprint},
+        prefix="/nonexistent-prefix",
+    )
+    assert identity.name_with_hash == expected
+    assert identity.deps == []
+
+
+def test_an_adopted_folder_has_its_pinned_identity(tmp_path, monkeypatch):
+    """The whole path: files on disk -> the identity pinned above."""
+    from tasks.core import adopt, planning
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(tmp_path / "out"))
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "a.txt").write_text("hello\n")
+    (tmp_path / "src" / "sub" / "b.bin").write_text("world\n")
+    with planning.planning():
+        ref = adopt(str(tmp_path / "src"), name="fixture")
+    assert ref.name_with_hash == "adopted/fixture-1343fbb8d2"

@@ -30,8 +30,12 @@ A step call's life, one line per stage (module in brackets):
 9. commit    fenced: a holder that lost its lease fails; the manifest and the JSON record are
              written last, then (local disk) the staging folder is renamed into the output's
              place, swapped with an older version under `--force` [records, outputs, stores]
+
+`adopt(path, name=...)` [adopt] skips 6-8: an existing folder is committed as
+`adopted/{name}-{hash}`, keyed by the fingerprint of its files' content, and read in place.
 """
 
+from tasks.core.adopt import AdoptedRef, AdoptError, adopt
 from tasks.core.decorator import Step, StepDefinitionError, set_force, step
 from tasks.core.definition import StepDefinition
 from tasks.core.identity import StepArgumentError, StepNameError, compute_hash, identify
@@ -41,6 +45,8 @@ from tasks.core.schedule import PendingStepRef, StepFailedError, flow
 from tasks.core.storage import PREFIX_ENV, current_prefix
 
 __all__ = [
+    "AdoptError",
+    "AdoptedRef",
     "PREFIX_ENV",
     "LeaseLostError",
     "Step",
@@ -51,6 +57,7 @@ __all__ = [
     "StepRef",
     "PendingStepRef",
     "StepFailedError",
+    "adopt",
     "flow",
     "compute_hash",
     "current_prefix",

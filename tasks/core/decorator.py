@@ -35,7 +35,14 @@ from tasks.core.served import serve_committed
 walk.register_special(PrefectFuture)
 failures.install()
 
-__all__ = ["Step", "StepDefinitionError", "refs_to_paths", "set_force", "step"]
+__all__ = [
+    "Step",
+    "StepDefinitionError",
+    "refs_to_paths",
+    "set_force",
+    "set_only",
+    "step",
+]
 
 
 # --- --force: steps whose name matches are re-executed once per process -----------------
@@ -58,6 +65,37 @@ def is_forced(name: str, name_with_hash: str | None = None) -> bool:
         or (name_with_hash is not None and fnmatch.fnmatchcase(name_with_hash, glob))
         for glob in _FORCE_GLOBS
     )
+
+
+# --- --only: steps outside the selection return their reference without running -----------
+
+_ONLY: frozenset[str] | None = None
+
+
+def set_only(selected: Iterable[str] | None) -> None:
+    """Run only the steps whose NAME-HASH is in `selected` (the command line's `--only` globs
+    plus everything they need, `flows/planned.py`); any other call returns its StepRef (with
+    its committed metadata, if committed) and runs nothing. None: every step runs."""
+    global _ONLY
+    _ONLY = None if selected is None else frozenset(selected)
+
+
+def _skipped(task: Step, params: dict[str, Any]) -> StepRef | None:
+    """The reference a call outside the `--only` selection returns instead of running."""
+    if _ONLY is None or _in_task_run():  # a step's own body runs what it calls (unplanned)
+        return None
+    params = planning.resolve_planned(params)  # skipped `.submit()` calls upstream
+    if _has_future(params):  # a selected upstream's future: its identity is needed
+        params = walk.replace(params, PrefectFuture, _result_of)
+    identity = task.identify(params)
+    if identity.name_with_hash in _ONLY:
+        return None
+    committed = records.read_commit(identity.name_with_hash)
+    return committed if committed is not None else _ref_of(identity)
+
+
+def _result_of(future: PrefectFuture) -> Any:
+    return future.result()
 
 
 def _has_future(value: Any) -> bool:
@@ -159,6 +197,9 @@ class Step(Task):
         params = self.bind(args, kwargs)
         if planning.active_plan() is not None:
             return self._plan(params)
+        skipped = _skipped(self, params)
+        if skipped is not None:
+            return _skipped_state(skipped) if return_state else skipped
         scheduler = schedule.active()
         if scheduler is not None and _in_task_run():
             scheduler = None  # a step called from a step's body runs there, to its end
@@ -208,6 +249,9 @@ class Step(Task):
         params = self.bind(args, call_kwargs)
         if planning.active_plan() is not None:
             return planning.PlannedFuture(self._plan(params))
+        skipped = _skipped(self, params)
+        if skipped is not None:
+            return planning.PlannedFuture(skipped)
         return self._submit(self._prepare(params), params, kwargs.get("wait_for"))
 
     def with_resources(self, resources: dict[str, Any] | Callable[..., Any] | None) -> Step:
@@ -245,6 +289,11 @@ class Step(Task):
         )
         if planning.active_plan() is not None:
             return planning.PlannedFutureList(planning.PlannedFuture(self._plan(c)) for c in calls)
+        if _ONLY is not None:  # each call on its own: run it or hand back its reference
+            from prefect.futures import PrefectFutureList
+
+            wait_for = options.get("wait_for")
+            return PrefectFutureList(self.submit(**call, wait_for=wait_for) for call in calls)
         variants = [self._prepare(call) for call in calls]
         if _flow_runs_on_ray():  # each call with its own Ray resources, placement checks
             from prefect.futures import PrefectFutureList
@@ -275,6 +324,13 @@ class Step(Task):
         new.definition = self.definition
         new.result_serializer = records.StepRefSerializer()
         return new
+
+
+def _skipped_state(ref: StepRef) -> Any:
+    """`return_state=True` of a call outside `--only`: a completed state named Skipped."""
+    from prefect.states import Completed
+
+    return Completed(data=ref, name="Skipped", message="not selected by --only")
 
 
 def _in_task_run() -> bool:
@@ -389,4 +445,4 @@ def step(
     return task
 
 
-__all__ = ["Step", "StepDefinitionError", "set_force", "step"]
+__all__ = ["Step", "StepDefinitionError", "set_force", "set_only", "step"]

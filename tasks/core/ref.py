@@ -59,6 +59,13 @@ class StepRef:
             joined = f"{self.sub_path}/{joined}"
         return dataclasses.replace(self, sub_path=joined, metadata={})
 
+    def __truediv__(self, other: object) -> StepRef:
+        """Marin's `step / "sub"` spelled here: refused with the spelling that works."""
+        raise TypeError(
+            f"{self!r} / {other!r}: a StepRef is not a path; use ref.cd({str(other)!r}) for a "
+            "path inside this output that keeps the dependency"
+        )
+
     def wait(self) -> StepRef:
         """This reference once its step committed: a StepRef from a finished call already
         is (a `PendingStepRef` from a concurrent flow waits here)."""

@@ -16,6 +16,11 @@ list, publish and compare-and-swap on each backend.
 - `FsspecStore` (any other protocol): reads, writes and listings work; leases are refused in
   one line, because fsspec offers no atomic conditional write.
 
+For folders lmflows did not write (`adopt`), a store also says what a folder is
+(`path_kind`), lists its files cheaply with the digests it reports and its change hints
+(`snapshot`: local size, ctime and inode; GCS size, crc32c, md5 and generation) and reads one
+file's digest (`digest`: a local sha256).
+
 A store that cannot compare-and-swap says so in one line (`LeaseUnsupportedError`) before a
 step starts, rather than letting two holders both believe they won.
 """
@@ -40,6 +45,9 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 CHUNK = 1 << 20
+# Keys of a file entry that are digests of its bytes (a local sha256 we compute; the crc32c and
+# md5 GCS reports). Every other key but "bytes" is a change hint (ctime, inode, generation).
+CONTENT_KEYS = ("sha256", "crc32c", "md5")
 META_DIR = ".lmflows"  # storage.META_DIR (kept here too: storage imports this module)
 COMMIT_FILE = f"{META_DIR}/commit.json"
 
@@ -93,6 +101,9 @@ class Store(Protocol):
         self, out: str, checksums: bool, only: Collection[str] | None = None
     ) -> dict[str, dict[str, Any]]: ...
     def list_files(self, out: str) -> list[dict[str, Any]]: ...
+    def path_kind(self, url: str) -> str: ...
+    def snapshot(self, url: str) -> dict[str, dict[str, Any]]: ...
+    def digest(self, url: str) -> dict[str, str]: ...
     def tree_bytes(self, url: str) -> int: ...
     def committed_folders(self, prefix: str) -> Iterator[tuple[str, str, int, float]]: ...
     def files_named(self, root: str, name: str) -> Iterator[tuple[str, str]]: ...
@@ -243,6 +254,45 @@ class LocalStore:
                 entry["link"] = os.readlink(path)
             files.append(entry)
         return files
+
+    def path_kind(self, url: str) -> str:
+        """What `url` is: folder, file, link (never followed) or missing."""
+        try:
+            info = os.lstat(local_path_of(url))
+        except FileNotFoundError:
+            return "missing"
+        if stat.S_ISLNK(info.st_mode):
+            return "link"
+        return "folder" if stat.S_ISDIR(info.st_mode) else "file"
+
+    def snapshot(self, url: str) -> dict[str, dict[str, Any]]:
+        """What is cheap to know about every file under `url` (not `.lmflows/`): its size and
+        change hints, one `lstat` each. ctime and inode change with every write or replacement
+        and, unlike mtime, a user cannot set them back; links and special files are entries of
+        their own kind."""
+        base = local_path_of(url)
+        found: dict[str, dict[str, Any]] = {}
+        for rel in relative_files_local(base):
+            path = os.path.join(base, rel)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                found[rel] = {"symlink": os.readlink(path)}
+            elif not stat.S_ISREG(info.st_mode):
+                found[rel] = {"special": stat.S_IFMT(info.st_mode)}
+            else:
+                found[rel] = {
+                    "bytes": info.st_size,
+                    "ctime_ns": info.st_ctime_ns,
+                    "ino": info.st_ino,
+                }
+        return found
+
+    def digest(self, url: str) -> dict[str, str]:
+        """The content digest of one file, read whole: its sha256."""
+        return {"sha256": sha256_of(local_path_of(url))}
 
     def tree_bytes(self, url: str) -> int:
         """Bytes under `url`, counting links as links (a dangling one is no error)."""
@@ -487,6 +537,28 @@ class FsspecStore:
             {"path": rel, "bytes": info.get("size")}
             for rel, info in sorted(self._listing(out).items())
         ]
+
+    def path_kind(self, url: str) -> str:
+        """What `url` is: folder, file or missing (object stores have no links)."""
+        fs, path = self.filesystem(url)
+        fs.invalidate_cache()
+        if fs.isdir(path):
+            return "folder"
+        return "file" if fs.exists(path) else "missing"
+
+    def snapshot(self, url: str) -> dict[str, dict[str, Any]]:
+        """One listing (no download): sizes, the digests the store reports (GCS: crc32c and
+        md5) and its version (GCS: generation)."""
+        return self.file_entries(url, checksums=True)
+
+    def digest(self, url: str) -> dict[str, str]:
+        """For a store that reports no digest: the object's sha256, downloaded."""
+        fs, path = self.filesystem(url)
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        return {"sha256": digest.hexdigest()}
 
     def tree_bytes(self, url: str) -> int:
         fs, path = self.filesystem(url)
