@@ -22,22 +22,22 @@ from tests.test_deploy import deployed  # noqa: F401 - the module fixture: pools
 DEPLOYMENT = "evaluate-checkpoint/evaluate-checkpoint"
 
 
-def _eval_runs(client, deployment_id) -> list:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    return client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-    )
-
-
-def _wait_for_final_runs(deployment_id, count: int, timeout: float) -> list:
-    """The deployment's flow runs once `count` of them are final (or at `timeout`)."""
+def _runs_for(training: str, count: int, timeout: float) -> list:
+    """The evaluate-checkpoint flow runs of `training` (an identity) once `count` of them are
+    final (or at `timeout`). Runs for other trainings (other tests' trainings on this server,
+    under other prefixes: refused there) are not counted."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            runs = _eval_runs(client, deployment_id)
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    name=DeploymentFilterName(any_=[DEPLOYMENT.split("/")[1]])
+                )
+            )
+            runs = [r for r in runs if r.parameters.get("training") == f"lmflows.step.{training}"]
             final = [r for r in runs if r.state and r.state.is_final()]
             if len(final) >= count or time.monotonic() > deadline:
                 return runs
@@ -72,12 +72,12 @@ def eval_worker(on_shared, tmp_path):
     log.close()
 
 
-def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, deployed, eval_worker):
+@pytest.mark.usefixtures("deployed")
+def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, eval_worker):
     """A fresh training (the point is its checkpoints being saved: the shared tiny model has
     one) of 7 steps saving every 2: checkpoints 2, 4 and 6, three evaluations, each once; the
     first two announced from the running training's resume folder; an event delivered again
     runs the flow again and its evaluation is Cached."""
-    from prefect.client.orchestration import get_client
     from prefect.events import emit_event
 
     from tasks.core import flow
@@ -87,8 +87,6 @@ def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, dep
     from tests.helpers.tiny import TINY
 
     started = time.monotonic()
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(DEPLOYMENT)
     shape = {k: v for k, v in TINY.items() if k != "num_train_steps"}
 
     @flow(name="watched-training")
@@ -104,7 +102,7 @@ def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, dep
 
     model = watched()
     trained = time.monotonic() - started
-    runs = _wait_for_final_runs(deployment.id, 3, timeout=240)
+    runs = _runs_for(model.name_with_hash, 3, timeout=240)
     log = eval_worker.read_text(errors="replace")[-3000:]
     assert len(runs) == 3, ([r.parameters for r in runs], log)
     assert [r.state.name for r in runs] == ["Completed"] * 3, ([r.state.message for r in runs], log)
@@ -134,7 +132,7 @@ def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, dep
     from flows.runners import send_queued_events
 
     send_queued_events()
-    runs = _wait_for_final_runs(deployment.id, 4, timeout=120)
+    runs = _runs_for(model.name_with_hash, 4, timeout=120)
     assert len(runs) == 4 and all(r.state.is_completed() for r in runs), [r.state for r in runs]
     again = [r for r in runs if r.id not in {x.id for x in by_step.values()}]
     assert final_task_states(again[0].id, 1) == ["Cached"]
