@@ -143,6 +143,37 @@ def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, eva
     )
 
 
+def test_a_checkpoint_is_announced_once_it_is_complete_and_temporary_ones_never(tmp_path):
+    """levanter's own Checkpointer saving a small tree: the announcer is called once per
+    permanent checkpoint, after levanter wrote `metadata.json` (the checkpoint is whole), with
+    the step and the folder; a temporary (time-based) checkpoint is not announced."""
+    import types
+
+    import jax.numpy as jnp
+    from levanter.checkpoint import Checkpointer, CheckpointInterval
+
+    from tasks.lm.checkpoint_events import watch
+
+    seen = []
+
+    def announcer(step: int, path: str) -> None:
+        seen.append((step, path, os.path.exists(os.path.join(path, "metadata.json"))))
+
+    base = str(tmp_path / "checkpoints")
+    checkpointer = Checkpointer(base, None, [CheckpointInterval(every=1)])
+    watch(checkpointer, announcer)
+
+    def info(step: int):
+        state = types.SimpleNamespace(saveable_state={"w": jnp.arange(4.0) * step})
+        return types.SimpleNamespace(step=step, state=state)
+
+    checkpointer.save_checkpoint(info(3), "step-3")
+    checkpointer.save_checkpoint(info(4), "step-4", is_temporary=True)
+    checkpointer.wait_until_finished()
+    assert seen == [(3, f"{base}/step-3", True)]
+    assert os.path.exists(f"{base}/step-4/metadata.json")  # saved, only not announced
+
+
 # --- bad event content: one line, nothing read or run ---------------------------------------
 
 IDENTITY = "checkpoints/x-0123456789"
