@@ -127,8 +127,12 @@ def checked_inputs(
         raise BadCheckpointEvent(f"data {data!r} must map dataset names to step identities")
     named = {"tokenizer": tokenizer, **{f"data[{k!r}]": v for k, v in data.items()}}
     for where, value in named.items():
-        if not isinstance(value, str):
-            raise BadCheckpointEvent(f"{where} {value!r} is not a step identity")
+        segments = value.split("/") if isinstance(value, str) else [""]
+        if any(part in ("", ".", "..") or "\\" in part for part in segments):
+            raise BadCheckpointEvent(
+                f"{where} {value!r} is not a step identity (NAME-HASH[/sub/path] inside the "
+                "prefix)"
+            )
         try:
             ref_of(value)
         except ValueError:

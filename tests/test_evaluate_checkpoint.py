@@ -205,6 +205,10 @@ def test_bad_event_content_is_refused_in_one_line(prefix):
             IDENTITY, {"kjv": "tokenized/other-0123456789"}, "tokenizer/t-0123456789",
             {"deps": ["tokenized/kjv-0123456789", "tokenizer/t-0123456789"]},
         ),
+        "data leaving its output": lambda: checked_inputs(
+            IDENTITY, {"kjv": "tokenized/kjv-0123456789/../../../etc"}, "tokenizer/t-0123456789",
+            {"deps": ["tokenized/kjv-0123456789", "tokenizer/t-0123456789"]},
+        ),
         "no data": lambda: checked_inputs(IDENTITY, {}, "tokenizer/t-0123456789", {"deps": []}),
     }  # fmt: skip
     messages = {}
@@ -217,6 +221,7 @@ def test_bad_event_content_is_refused_in_one_line(prefix):
     assert "escapes the prefix" in messages["escapes inside"]
     assert "escapes the prefix" in messages["a url"]
     assert "is not where" in messages["another step"]
+    assert "inside the prefix" in messages["data leaving its output"]
     assert "neither committed nor running" in messages["unknown training"]
     # the places a checkpoint may be: the output, and the resume folder of a running training
     check_place(f"{IDENTITY}/checkpoints/step-2", IDENTITY, 2, prefix)

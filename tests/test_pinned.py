@@ -101,7 +101,8 @@ def _checkpoint_eval(step: int) -> str:
         "batch_size": 32,
         "accelerator": "cpu",
     }
-    return identify(definition.name_template, definition.hash_attrs, params, prefix="/x").name_with_hash
+    identity = identify(definition.name_template, definition.hash_attrs, params, prefix="/x")
+    return identity.name_with_hash
 
 
 def test_checkpoint_evaluations_are_pinned_and_name_the_step():
