@@ -681,12 +681,12 @@ MUTANTS += [
         ),
     ),
     Mutant(
-        "an isolated body's queued events are dropped when its process exits",
+        "an isolated body's queued events and logs are dropped when its process exits",
         "tasks/core/isolated_child.py",
-        "        EventsWorker.drain_all(timeout=5, at_exit=False)\n",
-        "",
+        "            finally:\n                _flush_api_logs()",
+        "            finally:\n                pass",
         (
-            "tests/test_evaluate_checkpoint.py::test_each_checkpoint_of_a_training_is_evaluated_once",
+            "tests/test_evaluate_checkpoint.py::test_an_isolated_body_sends_its_queued_events_before_its_process_exits",
         ),
     ),
     Mutant(

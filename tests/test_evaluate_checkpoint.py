@@ -102,7 +102,7 @@ def test_each_checkpoint_of_a_training_is_evaluated_once(tiny_lm, on_shared, eva
 
     model = watched()
     trained = time.monotonic() - started
-    runs = _runs_for(model.name_with_hash, 3, timeout=240)
+    runs = _runs_for(model.name_with_hash, 3, timeout=180)
     log = eval_worker.read_text(errors="replace")[-3000:]
     assert len(runs) == 3, ([r.parameters for r in runs], log)
     assert [r.state.name for r in runs] == ["Completed"] * 3, ([r.state.message for r in runs], log)
@@ -172,6 +172,38 @@ def test_a_checkpoint_is_announced_once_it_is_complete_and_temporary_ones_never(
     checkpointer.wait_until_finished()
     assert seen == [(3, f"{base}/step-3", True)]
     assert os.path.exists(f"{base}/step-4/metadata.json")  # saved, only not announced
+
+
+def _events_named(resource_id: str, timeout: float) -> list:
+    """The server's stored events of `resource_id` (its events API), waiting up to `timeout`
+    for one (the server persists events in batches)."""
+    import httpx
+
+    from tests.conftest import API_URL
+
+    body = {"filter": {"resource": {"id": [resource_id]}}, "limit": 10}
+    deadline = time.monotonic() + timeout
+    while True:
+        found = httpx.post(f"{API_URL}/events/filter", json=body, timeout=10).json()["events"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_an_isolated_body_sends_its_queued_events_before_its_process_exits(prefix):
+    """An event emitted as the body's last act still reaches the server: the worker process
+    drains Prefect's event queue before it ends (it exits with os._exit)."""
+    from tasks.core import flow
+    from tests.helpers.steps import announcing
+
+    label = uuid.uuid4().hex[:12]
+
+    @flow(name="announcing")
+    def announce():
+        return announcing(label)
+
+    announce()
+    assert len(_events_named(f"lmflows.test.{label}", timeout=30)) == 1
 
 
 # --- bad event content: one line, nothing read or run ---------------------------------------

@@ -99,7 +99,8 @@ def _link_to_flow_run(flow_run_id: Any) -> None:
 
 def _flush_api_logs() -> None:
     """Send the events (a training's `lmflows.checkpoint.saved`) and logs still queued for the
-    API before this process ends (os._exit would drop them)."""
+    API before this process ends (os._exit would drop them). Prefect's queue services share
+    one registry, so either call drains both; both are named so that neither depends on it."""
     with contextlib.suppress(Exception):
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
