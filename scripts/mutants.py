@@ -719,9 +719,74 @@ MUTANTS += [
         "    def _no_truediv(self, other: object) -> StepRef:",
         ("tests/test_adopt.py::test_a_step_ref_is_not_a_path",),
     ),
+    # evaluate while training (issue 17, item 5)
+    Mutant(
+        "a training announces no checkpoint",
+        "tasks/lm/checkpoint_events.py",
+        '    if not options.get("is_temporary", False) and jax.process_index() == 0:',
+        "    if False:",
+        (
+            "tests/test_evaluate_checkpoint.py::test_a_checkpoint_is_announced_once_it_is_complete_and_temporary_ones_never",
+            "tests/test_evaluate_checkpoint.py::test_each_checkpoint_of_a_training_is_evaluated_once",
+        ),
+    ),
+    Mutant(
+        "a checkpoint is announced before levanter has written it whole",
+        "tasks/lm/checkpoint_events.py",
+        "        return save(info, destination, commit_callback=committed, **kwargs)",
+        "        committed()\n        return save(info, destination, **kwargs)",
+        (
+            "tests/test_evaluate_checkpoint.py::test_a_checkpoint_is_announced_once_it_is_complete_and_temporary_ones_never",
+        ),
+    ),
+    Mutant(
+        "an isolated body's queued events and logs are dropped when its process exits",
+        "tasks/core/isolated_child.py",
+        "            finally:\n                _flush_api_logs()",
+        "            finally:\n                pass",
+        (
+            "tests/test_evaluate_checkpoint.py::test_an_isolated_body_sends_its_queued_events_before_its_process_exits",
+        ),
+    ),
+    Mutant(
+        "a checkpoint evaluation's identity ignores the checkpoint step",
+        "tasks/lm/evaluate_checkpoint.py",
+        '        "checkpoint_step",\n        "name",',
+        '        "name",',
+        (
+            "tests/test_pinned.py::test_checkpoint_evaluations_are_pinned_and_name_the_step",
+            "tests/test_evaluate_checkpoint.py::test_each_checkpoint_of_a_training_is_evaluated_once",
+        ),
+    ),
+    Mutant(
+        "the evaluate-checkpoint flow trusts the event's checkpoint path",
+        "flows/evaluate_checkpoint.py",
+        "    if checkpoint is not None:\n        check_place(",
+        "    if False:\n        check_place(",
+        (
+            "tests/test_evaluate_checkpoint.py::test_the_flow_refuses_a_forged_event_before_any_step",
+        ),
+    ),
+    Mutant(
+        "an event may name a training that is neither committed nor running",
+        "flows/evaluate_checkpoint.py",
+        "    if lease.is_live(current):",
+        "    if True:",
+        (
+            "tests/test_evaluate_checkpoint.py::test_bad_event_content_is_refused_in_one_line",
+            "tests/test_evaluate_checkpoint.py::test_a_running_training_is_known_by_its_live_lease",
+        ),
+    ),
 ]
 
 EXTRA = {
+    "a checkpoint evaluation's identity ignores the checkpoint step": [
+        (
+            "tasks/lm/evaluate_checkpoint.py",
+            '    operational=["accelerator"],\n    name="eval/{name}/step-{checkpoint_step}",',
+            '    operational=["accelerator", "checkpoint_step"],\n    name="eval/{name}",',
+        )
+    ],
     "learning_rate made operational in train_lm": [
         (
             "tasks/lm/train.py",

@@ -144,6 +144,7 @@ SLOW_TESTS = (
     "test_resume.py::",
     "test_audit_bugs.py::test_the_weight_decay_asked_for_reaches_levanters_optimizer",
     "test_audit_bugs.py::test_a_built_chat_example_trains_on_the_assistant_turn_only",
+    "test_evaluate_checkpoint.py::test_each_checkpoint_of_a_training_is_evaluated_once",
 )
 
 

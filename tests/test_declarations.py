@@ -427,7 +427,7 @@ def test_every_step_using_a_library_with_process_wide_state_runs_isolated():
                     name = value.definition.fn.__name__
                     (isolated if value.definition.isolate else in_thread).add(name)
     assert isolated == {
-        "analyze_scaling", "chat_eval", "download_hf", "evaluate", "harness_eval", "sft",
-        "tokenize", "train_lm", "train_optimal", "train_tokenizer",
+        "analyze_scaling", "chat_eval", "download_hf", "evaluate", "evaluate_checkpoint",
+        "harness_eval", "sft", "tokenize", "train_lm", "train_optimal", "train_tokenizer",
     }  # fmt: skip
     assert in_thread == {"dedup", "download_url", "text_to_jsonl"}, in_thread

@@ -32,6 +32,7 @@ def deployed() -> None:
     """The work pool and every deployment of deploy/prefect.yaml, once for the module (each
     `prefect` command is seconds of imports)."""
     prefect("work-pool", "create", "lmflows-local", "--type", "process", "--overwrite")
+    prefect("work-pool", "create", "lmflows-eval", "--type", "process", "--overwrite")
     prefect("deploy", "--all", "--prefect-file", "deploy/prefect.yaml", env={"PWD": str(REPO)})
 
 

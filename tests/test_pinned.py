@@ -146,3 +146,27 @@ def test_an_adopted_folder_has_its_pinned_identity(tmp_path, monkeypatch):
     with planning.planning():
         ref = adopt(str(tmp_path / "src"), name="fixture")
     assert ref.name_with_hash == "adopted/fixture-1343fbb8d2"
+def _checkpoint_eval(step: int) -> str:
+    """The identity of evaluating checkpoint `step` of the demo's training on its data."""
+    from tasks.lm.evaluate_checkpoint import evaluate_checkpoint
+
+    definition = evaluate_checkpoint.definition
+    params = {
+        "training": "checkpoints/demo-kjv-30080c6844",
+        "checkpoint_step": step,
+        "name": "demo-kjv",
+        "data": {"kjv": StepRef("tokenized/kjv", "7ec78c5661")},
+        "tokenizer": StepRef("tokenizer/kjv", "4ab8872db2"),
+        "max_eval_batches": None,
+        "batch_size": 32,
+        "accelerator": "cpu",
+    }
+    identity = identify(definition.name_template, definition.hash_attrs, params, prefix="/x")
+    return identity.name_with_hash
+
+
+def test_checkpoint_evaluations_are_pinned_and_name_the_step():
+    """evaluate_checkpoint (evaluate-checkpoint deployment): one identity per checkpoint of a
+    training, so each checkpoint is evaluated once and another checkpoint is never Cached."""
+    assert _checkpoint_eval(2) == "eval/demo-kjv/step-2-245ff3843f"
+    assert _checkpoint_eval(4) == "eval/demo-kjv/step-4-3ccd5d26f9"

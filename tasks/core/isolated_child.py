@@ -98,10 +98,14 @@ def _link_to_flow_run(flow_run_id: Any) -> None:
 
 
 def _flush_api_logs() -> None:
-    """Send the logs still queued for the API before this process ends (os._exit)."""
+    """Send the events (a training's `lmflows.checkpoint.saved`) and logs still queued for the
+    API before this process ends (os._exit would drop them). Prefect's queue services share
+    one registry, so either call drains both; both are named so that neither depends on it."""
     with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 
+        EventsWorker.drain_all(timeout=5, at_exit=False)
         APILogWorker.drain_all(timeout=5)
 
 

@@ -26,7 +26,7 @@ from tasks.core import step
 from tasks.core.argument_checks import positive
 from tasks.core.gcs_auth import tensorstore_follows_emulator
 from tasks.core.provenance import note
-from tasks.lm import accelerators
+from tasks.lm import accelerators, checkpoint_events
 from tasks.lm.checkpoints import checkpoint_keep, latest_checkpoint
 from tasks.lm.files import join_url, put_folder
 from tasks.lm.model import (
@@ -212,6 +212,7 @@ def train_lm(
             attempt=attempt,
             work_dir=work,
         )
+        checkpoint_events.announce_saves(plan.checkpointer, data, tokenizer)  # evaluate-checkpoint
         with levanter_run(plan):
             if resumed and training_is_done(resumed[1], num_train_steps):
                 # Killed after its last checkpoint: levanter would resume at the end and

@@ -239,3 +239,15 @@ def two_files(label: str, *, output_path: str) -> dict:
 def ticking(n: int, sleep: float = 0.0, *, output_path: str) -> dict:
     """The same body in the task's own thread."""
     return _ticking_body(n, sleep, output_path)
+
+
+@step(hash_attrs=["label"], name="t/announcing", isolate=True)
+def announcing(label: str, *, output_path: str) -> dict:
+    """Emits the Prefect event `lmflows.test.announced` (resource `lmflows.test.LABEL`) as
+    its last act: whether a worker process sends what it queued before it exits."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event="lmflows.test.announced", resource={"prefect.resource.id": f"lmflows.test.{label}"}
+    )
+    return {"label": label}
