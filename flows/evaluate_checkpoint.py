@@ -57,7 +57,12 @@ def training_identity(training: str) -> str:
 def step_number(checkpoint_step: Any) -> int:
     """A checkpoint step from a parameter (an event's label is text)."""
     text = str(checkpoint_step)
-    if isinstance(checkpoint_step, bool) or not text.isdigit() or len(text) > 12:
+    # ASCII only: str.isdigit() is true for '²' (which int() refuses) and other scripts' digits
+    if (
+        isinstance(checkpoint_step, bool)
+        or not (text.isascii() and text.isdigit())
+        or len(text) > 12
+    ):
         raise BadCheckpointEvent(f"checkpoint_step {checkpoint_step!r} is not a step number")
     return int(text)
 
@@ -130,8 +135,7 @@ def checked_inputs(
         segments = value.split("/") if isinstance(value, str) else [""]
         if any(part in ("", ".", "..") or "\\" in part for part in segments):
             raise BadCheckpointEvent(
-                f"{where} {value!r} is not a step identity (NAME-HASH[/sub/path] inside the "
-                "prefix)"
+                f"{where} {value!r} is not a step identity (NAME-HASH[/sub/path] inside the prefix)"
             )
         try:
             ref_of(value)

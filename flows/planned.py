@@ -74,6 +74,7 @@ def plan_command(
     if only:
         selected = select_only(plan, only)
         plan.steps = {key: item for key, item in plan.steps.items() if key in selected}
+        _check_force_globs(force, plan, "--only leaves out every step it matches")
         set_only(selected)
     return flow, params, plan
 
@@ -111,7 +112,9 @@ def select_only(plan: planning.Plan, globs: Sequence[str]) -> set[str]:
     return selected
 
 
-def _check_force_globs(force: Sequence[str], plan) -> None:
+def _check_force_globs(force: Sequence[str], plan, why: str = "") -> None:
+    """Every `--force` glob matches a step of `plan` (after `--only`: of the selection, so a
+    forced step the selection leaves out is an error, not silently not re-executed)."""
     import fnmatch
 
     names = sorted({item.ref.name for item in plan.steps.values()})
@@ -119,6 +122,8 @@ def _check_force_globs(force: Sequence[str], plan) -> None:
     idle = [g for g in force if not any(fnmatch.fnmatchcase(n, g) for n in keys)]
     if idle:
         raise ArgumentError(
-            f"--force {' '.join(idle)} matches no step of the plan; its steps are: "
+            f"--force {' '.join(idle)} matches no step of the plan"
+            + (f" ({why})" if why else "")
+            + "; its steps are: "
             + ", ".join(names)
         )
