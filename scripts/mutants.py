@@ -777,6 +777,30 @@ MUTANTS += [
             "tests/test_evaluate_checkpoint.py::test_a_running_training_is_known_by_its_live_lease",
         ),
     ),
+    # attack 17 (tests/test_attack_17.py)
+    Mutant(
+        "an adopted folder changed between plan and run is adopted as it is then",
+        "tasks/core/adopt.py",
+        "if plan is None and planned is not None and fingerprint_of(planned) != found:",
+        "if False:",
+        (
+            "tests/test_attack_17.py::test_a_folder_changed_between_plan_and_run_is_refused_not_silently_skipped",
+        ),
+    ),
+    Mutant(
+        "a --force glob outside the --only selection is silently not re-executed",
+        "flows/planned.py",
+        '        _check_force_globs(force, plan, "--only leaves out every step it matches")\n',
+        "",
+        ("tests/test_attack_17.py::test_only_refuses_a_force_glob_that_the_selection_leaves_out",),
+    ),
+    Mutant(
+        "a checkpoint step in non-ASCII digits is taken",
+        "flows/evaluate_checkpoint.py",
+        "not (text.isascii() and text.isdigit())",
+        "not text.isdigit()",
+        ("tests/test_attack_17.py::test_a_checkpoint_step_in_other_digits_is_refused_by_name",),
+    ),
 ]
 
 EXTRA = {

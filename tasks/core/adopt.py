@@ -132,6 +132,14 @@ def adopt(path: str, name: str, fingerprint: str | None = None) -> AdoptedRef:
         raise AdoptError(
             f"adopt {location}: its content has fingerprint {found}, not the expected {fingerprint}"
         )
+    plan = planning.active_plan()
+    planned = _PLANNED.get(location)
+    if plan is None and planned is not None and fingerprint_of(planned) != found:
+        raise AdoptError(
+            f"adopt {location}: the folder changed since it was planned: "
+            f"{_first_change(planned, files)}; the plan's identities no longer hold, so "
+            "nothing ran: plan and run again"
+        )
     identity = identify(NAME_TEMPLATE, ("fingerprint",), {"name": name, "fingerprint": found})
     metadata = {
         "fingerprint": found,
@@ -140,14 +148,15 @@ def adopt(path: str, name: str, fingerprint: str | None = None) -> AdoptedRef:
     }
     ref = AdoptedRef(identity.name, identity.hash, metadata=metadata, location=location)
     _remember(location, files, snapshot)
-    plan = planning.active_plan()
     if plan is not None:  # plan: nothing written
+        _remember_planned(location, files)
         plan.add(ref, "adopt", is_forced(identity.name, identity.name_with_hash), identity.attrs)
         return ref
     _commit(identity, location, files, metadata, prefix)
     entry = _index_entry(location, identity, found, files, snapshot)
     if entry != recorded:
         storage.write_json(index_path, entry)
+    _PLANNED.pop(location, None)  # the run adopted what was planned
     return ref
 
 
@@ -251,6 +260,18 @@ def _remember(location: str, files: dict[str, Any], snapshot: dict[str, Any]) ->
     if len(_MEMO) >= _MEMO_SIZE:
         _MEMO.clear()
     _MEMO[location] = {"files": files, "hints": {r: _hints(e) for r, e in snapshot.items()}}
+
+
+# What a plan in this process saw, per location, until a run adopts it: the run that follows
+# a plan (`python -m flows run`) must adopt that content, or the plan's identities (and the
+# `--only` selection made of them) no longer name what runs.
+_PLANNED: dict[str, dict[str, Any]] = {}
+
+
+def _remember_planned(location: str, files: dict[str, Any]) -> None:
+    if len(_PLANNED) >= _MEMO_SIZE:
+        _PLANNED.clear()
+    _PLANNED[location] = files
 
 
 def _index_key(location: str) -> str:
