@@ -801,6 +801,100 @@ MUTANTS += [
         "not text.isdigit()",
         ("tests/test_attack_17.py::test_a_checkpoint_step_in_other_digits_is_refused_by_name",),
     ),
+    Mutant(
+        "an adopt index record whose files do not give its fingerprint is trusted",
+        "tasks/core/adopt.py",
+        'and fingerprint_of(entry["files"]) == entry["fingerprint"]',
+        "",
+        ("tests/test_attack_17.py::test_a_damaged_index_record_is_ignored_not_trusted",),
+    ),
+    Mutant(
+        "an adopt index record of another location is used",
+        "tasks/core/adopt.py",
+        'and entry.get("location") == location',
+        "",
+        ("tests/test_attack_17.py::test_an_index_record_of_another_location_is_ignored",),
+    ),
+    Mutant(
+        "the run after a plan reads the adopted files again",
+        "tasks/core/adopt.py",
+        "for b in (recorded, _MEMO.get(location)) if b]",
+        "for b in (recorded,) if b]",
+        ("tests/test_attack_17.py::test_the_run_after_a_plan_reuses_what_the_plan_read",),
+    ),
+    Mutant(
+        "an adopted folder's own .lmflows/ enters its fingerprint",
+        "tasks/core/stores.py",
+        "            dirs[:] = [d for d in dirs if d != META_DIR]\n        dirs.sort()",
+        "            pass\n        dirs.sort()",
+        ("tests/test_attack_17.py::test_the_folders_own_lmflows_folder_is_not_content",),
+    ),
+    Mutant(
+        "fingerprint pin ignored on first adoption",
+        "tasks/core/adopt.py",
+        "    if fingerprint is not None and fingerprint != found:\n",
+        "    if recorded is not None and fingerprint is not None and fingerprint != found:\n",
+        (
+            "tests/test_attack_17.py::test_a_pinned_fingerprint_is_checked_on_the_first_adoption_too",
+        ),
+    ),
+    Mutant(
+        "skipped step loses committed metadata",
+        "tasks/core/decorator.py",
+        "return committed if committed is not None else _ref_of(identity)",
+        "return _ref_of(identity)",
+        (
+            "tests/test_attack_17.py::test_only_skipped_calls_return_committed_metadata_and_nested_calls_run",
+        ),
+    ),
+    Mutant(
+        "nested calls inside a body skipped",
+        "tasks/core/decorator.py",
+        "if _ONLY is None or _in_task_run():",
+        "if _ONLY is None:",
+        (
+            "tests/test_attack_17.py::test_only_skipped_calls_return_committed_metadata_and_nested_calls_run",
+        ),
+    ),
+    Mutant(
+        "map ignores --only",
+        "tasks/core/decorator.py",
+        "        if _ONLY is not None:  # each call on its own",
+        "        if False:  # each call on its own",
+        ("tests/test_attack_17.py::test_only_applies_to_each_call_of_a_map",),
+    ),
+    Mutant(
+        "stale --only not reset by plan",
+        "flows/planned.py",
+        "    set_only(None)\n",
+        "",
+        ("tests/test_attack_17.py::test_a_plan_without_only_clears_an_earlier_selection",),
+    ),
+    Mutant(
+        "committed training's inputs not compared",
+        "flows/evaluate_checkpoint.py",
+        '        if wrong or attrs.get("tokenizer") != tokenizer:',
+        "        if False:",
+        (
+            "tests/test_attack_17.py::test_a_committed_trainings_inputs_are_compared_with_its_provenance",
+        ),
+    ),
+    Mutant(
+        "checkpoint metadata step not compared",
+        "tasks/lm/evaluate_checkpoint.py",
+        'if int(json.load(handle)["step"]) == checkpoint_step:',
+        "if True:",
+        (
+            "tests/test_attack_17.py::test_a_checkpoint_is_found_only_when_its_metadata_names_its_step",
+        ),
+    ),
+    Mutant(
+        "identity_under accepts sibling prefix",
+        "tasks/lm/checkpoint_events.py",
+        'base = prefix.rstrip("/") + "/"',
+        'base = prefix.rstrip("/")',
+        ("tests/test_attack_17.py::test_a_path_beside_the_prefix_is_not_under_it",),
+    ),
 ]
 
 EXTRA = {

@@ -5,6 +5,8 @@ messages for the one-paragraph descriptions."""
 
 from __future__ import annotations
 
+import json
+import os
 import types
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def test_a_checkpoint_step_in_other_digits_is_refused_by_name():
     for text in ("²", "٣", "３"):
         with pytest.raises(BadCheckpointEvent, match="is not a step number"):
             step_number(text)
+    with pytest.raises(BadCheckpointEvent, match="is not a step number"):
+        step_number("9" * 5000)  # int() itself refuses more than 4300 digits, naming nothing
     assert step_number("0012") == 12
 
 
@@ -111,3 +115,194 @@ def test_the_evaluation_reads_an_adopted_input_where_it_lies(prefix, tmp_path):
     assert refs["kjv"].path == str(data_folder)
     assert tok.path == str(tok_folder)
     assert Path(refs["kjv"].path, "a.txt").exists()
+
+
+# --- promises the existing tests did not hold (mutants that survived them) --------------------
+
+
+def test_a_pinned_fingerprint_is_checked_on_the_first_adoption_too(prefix, tmp_path):
+    """docs: `fingerprint=` "refuses any other content, also on the first adoption"."""
+    from tasks.core import AdoptError
+
+    folder = make_folder(tmp_path / "cache")
+    with pytest.raises(AdoptError, match="not the expected " + "0" * 64):
+        adopt(str(folder), name="fixture", fingerprint="0" * 64)
+    assert not Path(prefix).exists(), "nothing recorded"
+
+
+def test_the_folders_own_lmflows_folder_is_not_content(prefix, tmp_path):
+    """docs: the file list is "everything below it but a top-level `.lmflows/`"."""
+    folder = make_folder(tmp_path / "cache")
+    (folder / ".lmflows").mkdir()
+    (folder / ".lmflows" / "state.json").write_text("{}")
+    assert adopt(str(folder), name="fixture").name_with_hash == FIXTURE_IDENTITY
+
+
+def _counting_digests(monkeypatch, folder: Path) -> list[str]:
+    from tasks.core import stores
+
+    read: list[str] = []
+    real = stores.LocalStore.digest
+
+    def counting(self, url):
+        read.append(os.path.relpath(url, folder))
+        return real(self, url)
+
+    monkeypatch.setattr(stores.LocalStore, "digest", counting)
+    return read
+
+
+def test_the_run_after_a_plan_reuses_what_the_plan_read(prefix, tmp_path, monkeypatch):
+    """docs: "`plan` reads but writes nothing; the run that follows in the same process
+    reuses what `plan` read"."""
+    from tasks.core import planning
+
+    folder = make_folder(tmp_path / "cache")
+    read = _counting_digests(monkeypatch, folder)
+    with planning.planning():
+        planned = adopt(str(folder), name="fixture")
+    assert sorted(read) == ["a.txt", "sub/b.bin"]
+    assert adopt(str(folder), name="fixture") == planned
+    assert sorted(read) == ["a.txt", "sub/b.bin"], "read once"
+
+
+def _index_file(prefix: str, location: Path) -> Path:
+    from tasks.core.adopt import INDEX_DIR, _index_key
+
+    return Path(prefix, INDEX_DIR, _index_key(str(location)) + ".json")
+
+
+def test_a_damaged_index_record_is_ignored_not_trusted(prefix, tmp_path, monkeypatch):
+    """A record whose file list no longer gives its fingerprint (a flipped digest) is not one
+    lmflows wrote: the folder is read again, and the unchanged folder keeps its identity."""
+    from tasks.core.adopt import _MEMO
+
+    folder = make_folder(tmp_path / "cache")
+    first = adopt(str(folder), name="fixture")
+    index = _index_file(prefix, folder)
+    record = json.loads(index.read_text())
+    record["files"]["a.txt"]["sha256"] = "0" * 64
+    index.write_text(json.dumps(record))
+    _MEMO.clear()
+    read = _counting_digests(monkeypatch, folder)
+    assert adopt(str(folder), name="fixture") == first
+    assert "a.txt" in read
+
+
+def test_an_index_record_of_another_location_is_ignored(prefix, tmp_path):
+    """A record copied (or planted) at another location's key describes other files: it
+    neither refuses nor keys this folder."""
+    from tasks.core.adopt import _MEMO
+
+    first = make_folder(tmp_path / "first")
+    other = make_folder(tmp_path / "other")
+    (other / "a.txt").write_text("HELLO\n")
+    adopt(str(first), name="fixture")
+    _index_file(prefix, other).write_text(_index_file(prefix, first).read_text())
+    _MEMO.clear()
+    assert adopt(str(other), name="fixture").name_with_hash != FIXTURE_IDENTITY
+
+
+@step(hash_attrs=["n"], name="t/outer")
+def outer(n: int, *, output_path: str) -> dict:
+    """A step whose body calls another step (a nested call, never planned)."""
+    from tests.helpers.steps import source
+
+    return {"inner": source(n).name_with_hash}
+
+
+@pytest.fixture
+def only():
+    """`--only` as the command line sets it, reset after the test."""
+    from tasks.core.decorator import set_only
+
+    yield set_only
+    set_only(None)
+
+
+def test_only_skipped_calls_return_committed_metadata_and_nested_calls_run(prefix, call_log, only):
+    """docs: a call outside the selection "returns its StepRef without running (with its
+    committed metadata if it is committed)"; a step's body runs what it calls."""
+    from tasks.core import flow, records
+    from tests.conftest import calls
+    from tests.helpers.steps import source
+
+    @flow(name="only-attack")
+    def body() -> dict:
+        return {"source": source(3), "outer": outer(4)}
+
+    source_ref = source.ref_for(3)
+    outer_ref = outer.ref_for(4)
+    only({source_ref.name_with_hash})
+    body()  # commits source(3)
+    only({outer_ref.name_with_hash})
+    result = body()
+    assert result["source"].metadata == {"n": 3}, "committed metadata"
+    assert calls(call_log) == ["source-3", "source-4"]
+    assert records.read_commit(source.ref_for(4).name_with_hash) is not None
+
+
+def test_only_applies_to_each_call_of_a_map(prefix, call_log, only):
+    from tasks.core import flow
+    from tests.conftest import calls
+    from tests.helpers.steps import source
+
+    @flow(name="only-map-attack")
+    def body() -> list:
+        return [f.result() for f in source.map([1, 2, 3])]
+
+    only({source.ref_for(2).name_with_hash})
+    body()
+    assert calls(call_log) == ["source-2"]
+
+
+def test_a_plan_without_only_clears_an_earlier_selection(only):
+    from flows.planned import plan_command
+    from tasks.core import decorator
+
+    plan_command("toy", [], only=["toy/numbers"])
+    assert decorator._ONLY is not None
+    plan_command("toy", [])
+    assert decorator._ONLY is None
+
+
+def test_a_committed_trainings_inputs_are_compared_with_its_provenance():
+    """An event naming other data or another tokenizer than a committed training's
+    provenance records is refused (the running case is tested with its lease)."""
+    from flows.evaluate_checkpoint import BadCheckpointEvent, checked_inputs
+
+    recorded = {"attrs": {"data": {"kjv": "tokenized/kjv-0123456789"},
+                          "tokenizer": "tokenizer/t-0123456789"}}  # fmt: skip
+    training = "checkpoints/x-0123456789"
+    for data, tokenizer in (
+        ({"kjv": "tokenized/other-0123456789"}, "tokenizer/t-0123456789"),
+        ({"kjv": "tokenized/kjv-0123456789"}, "tokenizer/u-0123456789"),
+        ({"kjv": "tokenizer/t-0123456789"}, "tokenized/kjv-0123456789"),
+    ):
+        with pytest.raises(BadCheckpointEvent, match="are not checkpoints/x-0123456789's inputs"):
+            checked_inputs(training, data, tokenizer, recorded)
+
+
+def test_a_checkpoint_is_found_only_when_its_metadata_names_its_step(prefix):
+    """A `step-2` folder whose levanter metadata names another step (a half-overwritten or
+    planted one) is not checkpoint 2."""
+    from tasks.lm.evaluate_checkpoint import find_checkpoint
+
+    training = "checkpoints/x-0123456789"
+    folder = Path(prefix, training, "checkpoints", "step-2")
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps({"step": 5}))
+    assert find_checkpoint(training, 2, prefix) is None
+    (folder / "metadata.json").write_text(json.dumps({"step": 2}))
+    assert find_checkpoint(training, 2, prefix) == f"{training}/checkpoints/step-2"
+
+
+def test_a_path_beside_the_prefix_is_not_under_it():
+    """`/data/out2/...` is not below the prefix `/data/out`: an announcement never names
+    another prefix's output as this one's."""
+    from tasks.lm.checkpoint_events import identity_under
+
+    assert identity_under("/data/out2/tokenized/x-0123456789", "/data/out") is None
+    assert identity_under("/data/out/tokenized/x-0123456789", "/data/out/") == (
+        "tokenized/x-0123456789"
+    )
