@@ -20,6 +20,7 @@ from typing import Any
 
 from flows.evaluate_latest import ref_of
 from tasks.core import StepRef, flow, lease, records, storage
+from tasks.core.adopt import read_in_place
 from tasks.core.identity import split_name_with_hash, validate_name
 from tasks.lm.checkpoint_events import RESOURCE_PREFIX
 from tasks.lm.evaluate_checkpoint import (
@@ -158,7 +159,8 @@ def checked_inputs(
     for value in named.values():
         if records.read_commit(_base(value), remember=False) is None:
             raise BadCheckpointEvent(f"input {value} of {training} is not committed")
-    return {key: ref_of(value) for key, value in data.items()}, ref_of(tokenizer)
+    refs = {key: read_in_place(ref_of(value)) for key, value in data.items()}
+    return refs, read_in_place(ref_of(tokenizer))
 
 
 @flow(name="evaluate-checkpoint")

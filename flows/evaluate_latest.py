@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from tasks.core import StepRef, flow, storage
+from tasks.core.adopt import read_in_place
 from tasks.core.identity import split_name_with_hash
 from tasks.lm.evaluate import evaluate
 
@@ -97,7 +98,7 @@ def ref_of(identity: str) -> StepRef:
 def _input(value: Any, deps: list[str]) -> Any:
     """An attribute value as the step received it: a StepRef where it named a dependency."""
     if isinstance(value, str) and any(value == d or value.startswith(d + "/") for d in deps):
-        return ref_of(value)
+        return read_in_place(ref_of(value))  # an adopted input: the folder itself
     return value
 
 

@@ -365,3 +365,52 @@ def _commit(
         raise
     finally:
         lease.release(lease_path, holder)
+
+
+# --- from an identity or a path back to the adopted folder -------------------------------
+
+
+def read_in_place(ref: StepRef, prefix: str | None = None) -> StepRef:
+    """`ref` as a consumer must read it. An `adopted/` output named only by its identity (an
+    event, a plan's attributes, a provenance record) is read where it was adopted: its record
+    names the folder, which is checked again as `adopt` checks it (a changed folder is
+    refused in one line). Any other ref is returned as it is."""
+    if isinstance(ref, AdoptedRef) or not ref.name.startswith("adopted/"):
+        return ref
+    prefix = prefix or storage.current_prefix()
+    record = storage.join(prefix, ref.name_with_hash, storage.PROVENANCE_FILE)
+    try:
+        location = json.loads(storage.read_bytes(record))["notes"]["adopted_from"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AdoptError(
+            f"{ref.name_with_hash}: its record {record} names no adopted folder ({exc})"
+        ) from None
+    if not isinstance(location, str):
+        raise AdoptError(f"{ref.name_with_hash}: its record {record} names no adopted folder")
+    again = adopt(location, name=ref.name[len("adopted/") :])
+    if again.name_with_hash != ref.name_with_hash:
+        raise AdoptError(
+            f"{ref.name_with_hash}: the folder {location} now holds other content "
+            f"({again.name_with_hash})"
+        )
+    return again.cd(ref.sub_path) if ref.sub_path else again
+
+
+def identity_at(path: str, prefix: str | None = None) -> str | None:
+    """The identity (NAME-HASH[/sub/path]) of an adopted folder, or of a path inside one, as
+    recorded under `prefix` by an earlier `adopt` of it; None if no adoption recorded it. A
+    step body receives paths only: this names an adopted input again (events, reports)."""
+    prefix = prefix or storage.current_prefix()
+    location = path[len("file://") :] if path.startswith("file://") else path
+    location = location.rstrip("/")
+    parts = location.split("/")
+    for cut in range(len(parts), 0, -1):
+        folder = "/".join(parts[:cut])
+        if not folder or folder.endswith(":"):
+            break
+        index_path = storage.join(prefix, INDEX_DIR, _index_key(folder) + ".json")
+        entry = _read_index(index_path, folder)
+        if entry is not None:
+            rest = "/".join(parts[cut:])
+            return entry["name_with_hash"] + (f"/{rest}" if rest else "")
+    return None

@@ -42,6 +42,14 @@ def identity_under(path: str, prefix: str) -> str | None:
     return path[len(base) :].strip("/") or None
 
 
+def input_identity(path: str, prefix: str) -> str | None:
+    """The identity of an input the body received as `path`: a step output under the
+    prefix, or an adopted folder (which lies elsewhere; its adoption is recorded)."""
+    from tasks.core.adopt import identity_at
+
+    return identity_under(path, prefix) or identity_at(path, prefix)
+
+
 def running_identity() -> str | None:
     """The identity (NAME-HASH) of the step whose body runs here: its committed location
     relative to the prefix. None outside a step run (a benchmark calling levanter directly)."""
@@ -61,8 +69,8 @@ def announce_saves(
         return None
     prefix = storage.current_prefix()
     payload = {
-        "data": {key: identity_under(path, prefix) for key, path in sorted(data.items())},
-        "tokenizer": identity_under(tokenizer, prefix),
+        "data": {key: input_identity(path, prefix) for key, path in sorted(data.items())},
+        "tokenizer": input_identity(tokenizer, prefix),
     }
     announcer = functools.partial(announce, identity, prefix, payload)
     create = checkpointer_config.create
