@@ -44,7 +44,7 @@ def _train(inputs: dict, name: str, steps: int, **schedule):
     return state.result()
 
 
-EXPERIMENT = '''
+EXPERIMENT = """
 from tasks.core import StepRef, flow
 from tasks.lm.train import train_lm
 from tests.test_extend import RUN
@@ -57,7 +57,7 @@ def extend_explained():
         tokenizer=StepRef({tokenizer!r}, {tokenizer_hash!r}),
         name="ext-constant", **{{**RUN, "num_train_steps": 80, "lr_schedule": "constant"}},
     )
-'''
+"""
 
 
 def _explain(inputs: dict, tmp_path) -> str:
