@@ -272,10 +272,13 @@ def _checked_source(
         return None
     from tasks.data.tokenizer_files import load_tokenizer
 
-    source = initialize.read_source(initialize_from)
-    initialize.check_shape(source, arguments, initialize_from)
-    initialize.check_optimizer(source, optimizer, initialize_from)
-    initialize.check_tokenizer(source, load_tokenizer(tokenizer), initialize_from)
+    # named by its identity where the body knows it (the path is a detail of this prefix)
+    shown = ((running_identity() or {}).get("attrs") or {}).get("initialize_from")
+    shown = shown if isinstance(shown, str) else initialize_from
+    source = initialize.read_source(initialize_from, shown)
+    initialize.check_shape(source, arguments, shown)
+    initialize.check_optimizer(source, optimizer, shown)
+    initialize.check_tokenizer(source, load_tokenizer(tokenizer), shown)
     return source
 
 
