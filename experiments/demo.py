@@ -12,13 +12,22 @@ from flows.pretrain import KJV_URLS, TINY_LLAMA, prepare_data, train_and_evaluat
 from tasks.core import flow
 from tasks.lm.harness import harness_eval, harness_tasks
 
+# The demo model's training: experiments/cooldown.py continues from it.
+DEMO_TRAINING = dict(learning_rate=3e-3, **TINY_LLAMA)
+
+
+def demo_model() -> dict:
+    """The demo's data steps, its model and the model's evaluation (a flow body)."""
+    data = prepare_data("kjv", KJV_URLS, vocab_size=4096)
+    result = train_and_evaluate(
+        "demo-kjv", {"kjv": data["tokenized"]}, data["tokenizer"], **DEMO_TRAINING
+    )
+    return {**data, **result}
+
 
 @flow(name="demo")
 def demo() -> dict:
-    data = prepare_data("kjv", KJV_URLS, vocab_size=4096)
-    result = train_and_evaluate(
-        "demo-kjv", {"kjv": data["tokenized"]}, data["tokenizer"], learning_rate=3e-3, **TINY_LLAMA
-    )
+    data = result = demo_model()
     harness = harness_eval(
         result["model"],
         data["tokenizer"],

@@ -84,6 +84,8 @@ def cmd_explain(
             )
             continue
         print(f"{key}: {reason.status}; {_cause(reason, prefix)}")
+        if reason.starts_from:
+            print(f"    {reason.starts_from}")
         for difference in reason.own_changes:
             print(
                 f"    {difference.field}: {show(difference.committed)} -> "

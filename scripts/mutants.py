@@ -554,8 +554,8 @@ MUTANTS += [
     Mutant(
         "weight_decay not passed to the optimizer",
         "tasks/lm/train_run.py",
-        "optimizer=AdamConfig(**pick(arguments, OPTIM_ATTRS)),",
-        'optimizer=AdamConfig(**pick(arguments, [n for n in OPTIM_ATTRS if n != "weight_decay"])),',
+        "                **pick(arguments, OPTIM_ATTRS),\n",
+        '                **pick(arguments, [n for n in OPTIM_ATTRS if n != "weight_decay"]),\n',
         ("tests/test_audit_bugs.py::test_the_weight_decay_asked_for_reaches_levanters_optimizer",),
     ),
     Mutant(
@@ -894,6 +894,72 @@ MUTANTS += [
         'base = prefix.rstrip("/") + "/"',
         'base = prefix.rstrip("/")',
         ("tests/test_attack_17.py::test_a_path_beside_the_prefix_is_not_under_it",),
+    ),
+]
+
+# issue 17: continuing from checkpoints, extending a run
+EXTEND = "tests/test_extend.py"
+MUTANTS += [
+    Mutant(
+        "an initialize_from source of another shape is not refused",
+        "tasks/lm/initialize.py",
+        "    if differ:\n        raise InitializeFromError(",
+        "    if False:\n        raise InitializeFromError(",
+        ("tests/test_continue.py::test_a_source_of_another_shape_is_refused_before_anything_runs",),
+    ),
+    Mutant(
+        "initialize_optimizer carries the source's schedule count",
+        "tasks/lm/initialize.py",
+        '    if names and names[-1] == "count" and "inner_state" not in names:\n'
+        "        return fresh",
+        "    if False:\n        return fresh",
+        (
+            "tests/test_continue.py::test_a_cooldown_starts_at_the_sources_last_loss_with_or_without_its_optimizer",
+        ),
+    ),
+    Mutant(
+        "a cosine run is extended",
+        "tasks/lm/schedules.py",
+        'EXTENDABLE = ("constant", "wsd")',
+        'EXTENDABLE = ("constant", "wsd", "cosine")',
+        (
+            f"{EXTEND}::test_a_cosine_run_is_never_extended",
+            "tests/test_schedules.py::test_cosine_and_linear_runs_share_nothing_with_longer_ones",
+        ),
+    ),
+    Mutant(
+        "an extension trains from step 0",
+        "tasks/lm/train.py",
+        '        return {"resume_from": extends.checkpoint}',
+        "        return {}",
+        (f"{EXTEND}::test_a_constant_run_of_80_steps_trains_only_the_40_after_a_committed_40",),
+    ),
+    Mutant(
+        "an extension starts after the decay began",
+        "tasks/lm/extension.py",
+        "        last = min(shared - 1, total - 2)",
+        "        last = total - 2",
+        (f"{EXTEND}::test_a_wsd_run_extends_from_the_step_before_its_decay",),
+    ),
+    Mutant(
+        "the checkpoint before the decay is not kept",
+        "tasks/lm/train_run.py",
+        "            also=kept_step(arguments, num_train_steps),",
+        "            also=None,",
+        (
+            "tests/test_schedules.py::test_the_step_a_longer_run_starts_from_is_kept_by_levanter",
+            f"{EXTEND}::test_a_wsd_run_extends_from_the_step_before_its_decay",
+        ),
+    ),
+    Mutant(
+        "an attribute added later re-keys every identity at its default",
+        "tasks/core/identity.py",
+        "    return type(value) is type(default) and value == default",
+        "    return False",
+        (
+            "tests/test_pinned.py",
+            "tests/test_schedules.py::test_an_attribute_added_later_leaves_identities_as_they_were_at_its_default",
+        ),
     ),
 ]
 

@@ -102,9 +102,11 @@ def start_prefect_server(port: int, log, env: dict | None = None, *extra: str) -
 SLOW_MODULES = {
     "test_browser",
     "test_checkpoints",
+    "test_continue",
     "test_deploy",
     "test_deploy_ray",
     "test_download_hf",
+    "test_extend",
     "test_gcs",
     "test_gcs_pipeline",
     "test_harness",

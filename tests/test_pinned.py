@@ -70,6 +70,19 @@ EXPERIMENT_IDENTITIES = {
         "checkpoints/mixture-kjv-pydoc-05a4080be0",
         "eval/mixture-kjv-pydoc-90e69fefc2",
     ],
+    "cooldown": [
+        "raw/kjv-7e9e1f4e18",
+        "dedup/kjv-4049d04849",
+        "tokenizer/kjv-4ab8872db2",
+        "tokenized/kjv-7ec78c5661",
+        "checkpoints/demo-kjv-30080c6844",
+        "eval/demo-kjv-546a3bc800",
+        "raw/pydoc-92a63e9a71",
+        "dedup/pydoc-a9b71525b2",
+        "tokenized/pydoc-2423d67b55",  # pydoc in the demo's tokenizer
+        "checkpoints/cooldown-kjv-pydoc-9ecabe1eb6",  # initialize_from the demo's model
+        "eval/cooldown-kjv-pydoc-51d54d1241",
+    ],
 }
 
 
@@ -170,3 +183,24 @@ def test_checkpoint_evaluations_are_pinned_and_name_the_step():
     training, so each checkpoint is evaluated once and another checkpoint is never Cached."""
     assert _checkpoint_eval(2) == "eval/demo-kjv/step-2-245ff3843f"
     assert _checkpoint_eval(4) == "eval/demo-kjv/step-4-3ccd5d26f9"
+# train_lm's attributes added later (issue 17): at their defaults the demo's identity above is
+# unchanged; set, they are identity.
+TRAIN_LM_IDENTITIES = [
+    ({"name": "wsd", "lr_schedule": "wsd", "decay": 0.2, "warmup": 5, "num_train_steps": 80},
+     "checkpoints/wsd-d8e4a934b3"),
+    ({"name": "cool", "initialize_from": StepRef("checkpoints/demo-kjv", "30080c6844"),
+      "num_train_steps": 30}, "checkpoints/cool-1868418772"),
+    ({"name": "cool", "initialize_from": StepRef("checkpoints/demo-kjv", "30080c6844"),
+      "initialize_optimizer": True, "num_train_steps": 30}, "checkpoints/cool-8de7425917"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("arguments, expected", TRAIN_LM_IDENTITIES, ids=lambda v: str(v)[:40])
+def test_train_lm_identities_with_the_new_attributes(arguments, expected, monkeypatch):
+    from tasks.lm.train import train_lm
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", "/nonexistent-prefix")
+    data = {"kjv": StepRef("tokenized/kjv", "7ec78c5661")}
+    tokenizer = StepRef("tokenizer/kjv", "4ab8872db2")
+    ref = train_lm.ref_for(data=data, tokenizer=tokenizer, **arguments)
+    assert ref.name_with_hash == expected

@@ -66,6 +66,10 @@ def make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
         notes, token = provenance.collecting_notes(
             functools.partial(_log_note, attempt) if attempt.resumable else None
         )
+        identity_token = provenance.set_running_identity(
+            {"name": identity.name, "hash": identity.hash, "attrs": identity.attrs,
+             "deps": identity.deps}
+        )  # fmt: skip
         try:
             value = isolation.run_body(
                 definition,
@@ -98,6 +102,7 @@ def make_runner(definition: StepDefinition) -> Callable[..., StepRef]:
             outputs.abandon(attempt)
             raise
         finally:
+            provenance.reset_running_identity(identity_token)
             provenance.stop_collecting(token)
             artifacts.reset_output(output_token)
         _run_log(

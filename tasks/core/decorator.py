@@ -187,6 +187,7 @@ class Step(Task):
             identity.attrs,
             identity.deps,
             self.definition.isolate,
+            self.definition.starts_from,
         )
 
     # -- Prefect entry points -------------------------------------------------------------
@@ -383,6 +384,8 @@ def step(
     validate: Callable[..., None] | None = None,
     resumable: bool = False,
     isolate: bool = False,
+    omit_at_default: Iterable[str] = (),
+    starts_from: Callable[[str, dict, str], str | None] | None = None,
     **task_options: Any,
 ) -> Any:
     """Declare a step: ``@step(hash_attrs=["n"], operational=["workers"], name="toy/square")``.
@@ -402,7 +405,11 @@ def step(
     logging handlers, `os.environ`, the working directory; docs/design.md "Isolation").
     `validate` is called with the call's arguments (defaults applied,
     StepRefs as they are) before anything runs, also in `plan`; it raises ValueError/TypeError
-    naming the bad argument. Any other keyword (retries, tags, timeout_seconds, ...) goes to
+    naming the bad argument. `omit_at_default` lists hash attributes added after the step had
+    committed outputs: at their (scalar) default they stay out of the identity, so existing
+    outputs keep theirs. `starts_from(name, attrs, prefix)` says in one line where a run of an
+    identity would start instead of nothing (another committed output's work), for
+    `explain`. Any other keyword (retries, tags, timeout_seconds, ...) goes to
     `prefect.Task`.
     """
     if fn is None:
@@ -415,6 +422,8 @@ def step(
             validate=validate,
             resumable=resumable,
             isolate=isolate,
+            omit_at_default=omit_at_default,
+            starts_from=starts_from,
             **task_options,
         )
     definition = define(
@@ -426,6 +435,8 @@ def step(
         validate=validate,
         resumable=resumable,
         isolate=isolate,
+        omit_at_default=omit_at_default,
+        starts_from=starts_from,
     )
     policy = StepCachePolicy(definition=definition).configure(
         lock_manager=LeaseLockManager(), isolation_level="SERIALIZABLE"

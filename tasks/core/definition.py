@@ -49,6 +49,13 @@ class StepDefinition:
     resumable: bool = False
     # The body runs in a worker process of its own (tasks.core.isolation).
     isolate: bool = False
+    # Hash attributes added after the step had committed outputs, with their scalar defaults:
+    # left out of the identity while at the default (tasks.core.identity.identify).
+    omit_at_default: tuple[tuple[str, Any], ...] = ()
+    # Where a run of an identity would start from instead of nothing, for `explain`:
+    # fn(name, attrs, prefix) -> a one-line description, or None (train_lm: "extends X
+    # from step k").
+    starts_from: Callable[[str, dict, str], str | None] | None = None
 
     @property
     def where(self) -> str:
@@ -105,7 +112,13 @@ class StepDefinition:
         return dict(resources)
 
     def identify(self, params: dict[str, Any]) -> Identity:
-        return identify(self.name_template, self.hash_attrs, params)
+        return identify(
+            self.name_template, self.hash_attrs, params, omit_at_default=self._omitted or None
+        )
+
+    @functools.cached_property
+    def _omitted(self) -> dict[str, Any]:
+        return dict(self.omit_at_default)
 
     def identify_in_run(self, params: dict[str, Any]) -> Identity:
         """The identity inside Prefect's task engine, computed once per task run and shared
@@ -149,6 +162,8 @@ def define(
     validate: Callable[..., None] | None,
     resumable: bool = False,
     isolate: bool = False,
+    omit_at_default: Iterable[str] = (),
+    starts_from: Callable[[str, dict, str], str | None] | None = None,
 ) -> StepDefinition:
     """Check a declaration and return its definition, or raise `StepDefinitionError`."""
     where = f"@step on {fn.__module__}.{fn.__qualname__}"
@@ -176,6 +191,7 @@ def define(
     for param, value in params.items():  # defaults of hash attributes must be JSON too
         if param in hash_attrs and value.default is not inspect.Parameter.empty:
             to_plain(value.default, f"default of hash attribute {param!r} in {where}")
+    omitted = _check_omitted(where, params, hash_attrs, omit_at_default)
     return StepDefinition(
         fn=fn,
         name_template=name_template,
@@ -187,7 +203,38 @@ def define(
         validate=validate,
         resumable=bool(resumable),
         isolate=bool(isolate),
+        omit_at_default=omitted,
+        starts_from=starts_from,
     )
+
+
+def _check_omitted(
+    where: str, params: Any, hash_attrs: tuple[str, ...], names: Iterable[str]
+) -> tuple[tuple[str, Any], ...]:
+    """`omit_at_default` names hash attributes with a scalar default (None, a bool, a number,
+    a string): the value that leaves an identity as it was before the attribute existed."""
+    if isinstance(names, str):
+        raise StepDefinitionError(f"{where}: omit_at_default must be a list of parameter names")
+    omitted = []
+    for name in names:
+        if name not in hash_attrs:
+            raise StepDefinitionError(
+                f"{where}: omit_at_default {name!r} is not a hash attribute of the step"
+            )
+        default = params[name].default
+        if default is inspect.Parameter.empty or type(default) not in (
+            type(None),
+            bool,
+            int,
+            float,
+            str,
+        ):
+            raise StepDefinitionError(
+                f"{where}: omit_at_default {name!r} needs a default that is None, a bool, a "
+                f"number or a string (got {default!r})"
+            )
+        omitted.append((name, default))
+    return tuple(omitted)
 
 
 def check_resources(where: str, resources: Any) -> Any:

@@ -61,8 +61,9 @@ def _json(value: Any) -> str:
         return repr(value)
 
 
-def committed_siblings(name: str, prefix: str) -> list[str]:
-    """`name-HASH` of every committed output of the step named `name` under `prefix`."""
+def sibling_outputs(name: str, prefix: str) -> list[str]:
+    """`name-HASH` of every folder of an output of the step named `name` under `prefix`,
+    committed or not (one listing of the parent folder)."""
     parent, _, base = name.rpartition("/")
     folder = storage.join(prefix, parent) if parent else prefix
     fs, path = storage.filesystem(folder)
@@ -75,10 +76,17 @@ def committed_siblings(name: str, prefix: str) -> list[str]:
         leaf = entry.rstrip("/").rsplit("/", 1)[-1]
         match = _HASH_SUFFIX.match(leaf)
         if match and match["base"] == base:
-            name_with_hash = f"{parent}/{leaf}" if parent else leaf
-            if records.read_commit(name_with_hash, prefix) is not None:
-                found.append(name_with_hash)
+            found.append(f"{parent}/{leaf}" if parent else leaf)
     return sorted(found)
+
+
+def committed_siblings(name: str, prefix: str) -> list[str]:
+    """`name-HASH` of every committed output of the step named `name` under `prefix`."""
+    return [
+        name_with_hash
+        for name_with_hash in sibling_outputs(name, prefix)
+        if records.read_commit(name_with_hash, prefix) is not None
+    ]
 
 
 def read_attrs(name_with_hash: str, prefix: str) -> dict[str, Any] | None:
@@ -131,6 +139,8 @@ class Reason:
     rekeyed: list[Difference]  # inputs whose upstream identity changed
     upstream: list[str]  # dependencies that re-run in the same plan
     roots: list[str] = dataclasses.field(default_factory=list)
+    # where its run would start instead of nothing ("extends X from step k"), if anywhere
+    starts_from: str | None = None
 
     @property
     def is_root(self) -> bool:
@@ -165,6 +175,9 @@ def explain_plan(plan: Any, prefix: str) -> dict[str, Reason]:
         own = [d for d in found.differences if d not in rekeyed]
         upstream = [dep for dep in item.deps if dep in runs]
         reasons[key] = Reason(key, item.status, item.forced, found.nearest, own, rekeyed, upstream)
+        starts_from = getattr(item, "starts_from", None)
+        if starts_from is not None and not item.forced:
+            reasons[key].starts_from = starts_from(item.ref.name, item.attrs, prefix)
     for key in reasons:  # plan order is call order: upstream steps come first
         reason = reasons[key]
         # A root has a cause of its own: forced, a changed attribute, or nothing upstream

@@ -184,13 +184,17 @@ def identify(
     hash_attrs: Collection[str],
     arguments: Mapping[str, Any],
     prefix: str | None = None,
+    omit_at_default: Mapping[str, Any] | None = None,
 ) -> Identity:
     """Compute the identity of a call from its bound arguments (defaults applied).
 
-    Only `hash_attrs` enter ATTRS. A StepRef in any other parameter is a `StepArgumentError`
-    (it would be a dependency that does not key the output), and so is a hash-attribute string
-    that is a path under `prefix` (default: the current prefix), which would make the identity
-    depend on where outputs live.
+    Only `hash_attrs` enter ATTRS, except a parameter of `omit_at_default` (name -> its
+    scalar default) whose value is that default, of the same type: a hash attribute added to
+    a step after it had committed outputs leaves their identities as they were while it is at
+    the default, which is what the step did before the attribute existed. A StepRef in any
+    other parameter is a `StepArgumentError` (it would be a dependency that does not key the
+    output), and so is a hash-attribute string that is a path under `prefix` (default: the
+    current prefix), which would make the identity depend on where outputs live.
     """
     name = fill_name(name_template, arguments)
     for field in _template_fields(name_template):
@@ -205,6 +209,8 @@ def identify(
     deps: set[str] = set()
     for param, value in arguments.items():
         if type(value) in _SCALARS:  # what the walks below do for a plain scalar, at once
+            if omit_at_default and _is_default(param, value, omit_at_default):
+                continue
             if param in hash_attrs:
                 if type(value) is float and not math.isfinite(value):
                     _plain_leaf(value, f"hash attribute {param!r}")  # raises, naming it
@@ -257,6 +263,15 @@ def _hash_attribute(name: str, param: str, value: Any, prefix: str, deps: set[st
         _refuse_prefix_paths(name, param, plain, prefix)
     deps.update(ref.name_with_hash for ref in refs)
     return plain
+
+
+def _is_default(param: str, value: Any, omit_at_default: Mapping[str, Any]) -> bool:
+    """Whether `value` is `param`'s omitted default: equal and of the same type (so 1 is not
+    1.0 and True is not 1, as in the hash)."""
+    if param not in omit_at_default:
+        return False
+    default = omit_at_default[param]
+    return type(value) is type(default) and value == default
 
 
 # Exact types only: a subclass (an IntEnum, a str enum) takes the general path.

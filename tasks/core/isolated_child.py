@@ -127,6 +127,7 @@ def main(fd: int) -> int:
         step = find_step(payload["step"])
         notes, token = provenance.collecting_notes(lambda values: conn.send(("note", values)))
         artifacts.set_output(payload.get("output_url"))
+        provenance.set_running_identity(payload.get("identity"))
         with task_run_context(step, payload):
             value = step.definition.fn(**payload["kwargs"])
         provenance.stop_collecting(token)

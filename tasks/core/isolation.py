@@ -103,7 +103,7 @@ def _payload(definition: Any, kwargs: dict[str, Any], lease_path: str, label: st
     import cloudpickle
     from prefect.context import TaskRunContext
 
-    from tasks.core import artifacts
+    from tasks.core import artifacts, provenance
 
     ctx = TaskRunContext.get()
     held = lease.held_token(lease_path)
@@ -117,6 +117,7 @@ def _payload(definition: Any, kwargs: dict[str, Any], lease_path: str, label: st
         "task_run": ctx.task_run.model_dump(mode="json") if ctx is not None else None,
         "log_prints": bool(ctx.log_prints) if ctx is not None else False,
         "output_url": artifacts.output_url(),
+        "identity": provenance.running_identity(),
     }
     return cloudpickle.dumps(body)
 

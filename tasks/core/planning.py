@@ -28,6 +28,8 @@ class PlannedStep:
     attrs: dict = dataclasses.field(default_factory=dict)
     deps: list[str] = dataclasses.field(default_factory=list)
     isolate: bool = False  # its body runs in a worker process of its own
+    # fn(name, attrs, prefix): where a run would start instead of nothing (StepDefinition)
+    starts_from: Any = None
 
 
 @dataclasses.dataclass
@@ -44,11 +46,19 @@ class Plan:
         attrs: dict | None = None,
         deps: list[str] | None = None,
         isolate: bool = False,
+        starts_from: Any = None,
     ) -> StepRef:
         known = self.steps.get(ref.name_with_hash)
         if known is None:
             self.steps[ref.name_with_hash] = PlannedStep(
-                ref, task_name, forced, "unknown", attrs or {}, list(deps or ()), isolate
+                ref,
+                task_name,
+                forced,
+                "unknown",
+                attrs or {},
+                list(deps or ()),
+                isolate,
+                starts_from,
             )
         else:
             known.forced = known.forced or forced

@@ -19,6 +19,27 @@ _NOTES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 _ON_NOTE: contextvars.ContextVar[Any] = contextvars.ContextVar("lmflows_on_note", default=None)
 
 
+_IDENTITY: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "lmflows_running_identity", default=None
+)
+
+
+def running_identity() -> dict[str, Any] | None:
+    """Inside a step body (also in its worker process): the running step's identity as plain
+    JSON, `{"name", "hash", "attrs", "deps"}`; None elsewhere. A body receives its inputs as
+    paths; this is how it can compare itself with other committed outputs by identity (train_lm
+    finds the run it extends)."""
+    return _IDENTITY.get()
+
+
+def set_running_identity(identity: dict[str, Any] | None) -> contextvars.Token:
+    return _IDENTITY.set(identity)
+
+
+def reset_running_identity(token: contextvars.Token) -> None:
+    _IDENTITY.reset(token)
+
+
 def note(**values: Any) -> None:
     """Add facts to the running step's provenance record (e.g. a resolved hub commit).
 

@@ -47,16 +47,38 @@ def _drop_unreadable_metadata(fs, root: str) -> None:
             fs.rm(entry, recursive=True)
 
 
-def checkpoint_keep(checkpoint_every: int | None, num_train_steps: int) -> list[dict]:
-    """levanter's checkpoint `keep` intervals: every `checkpoint_every` steps (if set), and the
-    last step.
+def checkpoint_keep(
+    checkpoint_every: int | None, num_train_steps: int, also: int | None = None
+) -> list[dict]:
+    """levanter's checkpoint `keep` intervals: every `checkpoint_every` steps (if set), the
+    step `also` (if set: the one a longer run of an extendable schedule starts from,
+    tasks.lm.schedules.kept_step), and the last step.
 
     levanter's final forced hook run does not pass `force` to the checkpointer, so the last
     checkpoint is written only if the last step index (n - 1) is a multiple of `every`.
-    CheckpointerConfig.__post_init__ reads every interval's "until" (None: the last one)."""
-    keep = [{"every": checkpoint_every, "until": num_train_steps - 2}] if checkpoint_every else []
+    CheckpointerConfig.__post_init__ reads every interval's "until" (None: the last one) and
+    wants them increasing; levanter applies the first interval whose `until` is at or past a
+    step, so `also` gets an interval of its own ending there (step 0 is never saved)."""
+    keep = []
+    if also is not None and 1 <= also < num_train_steps - 1:
+        if checkpoint_every and also > 1:
+            keep.append({"every": checkpoint_every, "until": also - 1})
+        keep.append({"every": also, "until": also})
+    if checkpoint_every and num_train_steps - 2 > (keep[-1]["until"] if keep else -1):
+        keep.append({"every": checkpoint_every, "until": num_train_steps - 2})
     keep.append({"every": max(1, num_train_steps - 1), "until": None})
     return keep
+
+
+def checkpoint_at_or_before(checkpoints: str, step: int) -> tuple[str, int] | None:
+    """The complete levanter checkpoint (with `metadata.json`) of the highest step at or
+    before `step` under `checkpoints` (any fsspec URL), and its step; None if there is none."""
+    fs, path, folders = _step_folders(checkpoints)
+    for folder in folders:
+        found = int(folder.removeprefix("step-"))
+        if found <= step and fs.exists(f"{path}/{folder}/metadata.json"):
+            return f"{checkpoints.rstrip('/')}/{folder}", found
+    return None
 
 
 def _step_folders(root: str) -> tuple[Any, str, list[str]]:

@@ -25,8 +25,8 @@ import fsspec
 from tasks.core import step
 from tasks.core.argument_checks import positive
 from tasks.core.gcs_auth import tensorstore_follows_emulator
-from tasks.core.provenance import note
-from tasks.lm import accelerators, checkpoint_events
+from tasks.core.provenance import note, running_identity
+from tasks.lm import accelerators, checkpoint_events, extension, initialize
 from tasks.lm.checkpoints import checkpoint_keep, latest_checkpoint
 from tasks.lm.files import join_url, put_folder
 from tasks.lm.model import (
@@ -38,6 +38,7 @@ from tasks.lm.model import (
     tokenizer_fingerprint,
     write_reference_config,
 )
+from tasks.lm.schedules import check_schedule
 from tasks.lm.train_run import (
     LOGGING_ATTRS,
     OPTIM_ATTRS,
@@ -113,9 +114,15 @@ def check_train_lm(
     learning_rate: float,
     accelerator: Any = "cpu",
     checkpoint_every: Any = None,
+    lr_schedule: Any = "cosine",
+    decay: Any = None,
+    warmup: Any = 0.1,
+    initialize_from: Any = None,
+    initialize_optimizer: Any = False,
     **arguments: Any,
 ) -> None:
-    """`train_lm`'s `validate=`: every argument, before anything is read or written."""
+    """`train_lm`'s `validate=`: every argument, before anything is read or written (the
+    source of `initialize_from` too, when it is already there)."""
     accelerators.check(accelerator)
     if checkpoint_every is not None:
         positive(checkpoint_every=checkpoint_every)
@@ -133,6 +140,8 @@ def check_train_lm(
         )
     if not learning_rate > 0:
         raise ValueError(f"learning_rate={learning_rate} must be positive")
+    check_schedule(lr_schedule, decay, warmup, num_train_steps)
+    initialize.plan_check(initialize_from, initialize_optimizer, arguments)
 
 
 @step(
@@ -142,7 +151,12 @@ def check_train_lm(
         "tokenizer",
         *MODEL_ATTRS,
         *TRAINING_ATTRS,
+        "decay",
+        "initialize_from",
+        "initialize_optimizer",
     ],
+    # Added after trainings were committed: at their defaults identities stay as they were.
+    omit_at_default=["decay", "initialize_from", "initialize_optimizer"],
     # Evaluation cadence, checkpoint frequency and the hardware change what is logged and
     # kept along the way and where it runs, not the trained model.
     operational=["steps_per_eval", "max_eval_batches", "checkpoint_every", "accelerator"],
@@ -151,6 +165,7 @@ def check_train_lm(
     resources=accelerators.ray_options,
     resumable=True,
     isolate=True,
+    starts_from=extension.describe,
 )
 def train_lm(
     data: dict,
@@ -179,6 +194,9 @@ def train_lm(
     max_eval_batches: int | None = None,
     checkpoint_every: int | None = None,
     accelerator: str = "cpu",
+    decay: float | int | None = None,
+    initialize_from: str | None = None,
+    initialize_optimizer: bool = False,
     *,
     output_path: str,
 ) -> dict:
@@ -190,6 +208,14 @@ def train_lm(
     it is labelled a subset. `steps_per_eval`, `max_eval_batches`, `checkpoint_every` and
     `accelerator` (what the call asks Ray for, `tasks.lm.accelerators`) are operational.
     An attempt after an interrupted one resumes from its newest complete checkpoint.
+
+    `lr_schedule`: cosine, linear, constant or wsd (warmup-stable-decay; `decay` is its
+    decay phase: a fraction of the run, or a whole number of steps). A run that differs from
+    a committed one only in `num_train_steps`, on constant or wsd with `warmup` in steps,
+    starts from that run's checkpoint where their rates part (tasks.lm.extension).
+    `initialize_from`: a StepRef of a train_lm or sft output (or an adopted folder with a
+    levanter checkpoint or an HF export) whose weights start this run at step 0; with
+    `initialize_optimizer` its Adam state too (tasks.lm.initialize).
     """
     arguments = dict(locals())  # first: the call's arguments by name, what levanter is given
     from tasks.lm.report import progress_reporter
@@ -197,11 +223,16 @@ def train_lm(
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
     check_split_lengths(data, seq_len)
+    source = _checked_source(initialize_from, initialize_optimizer, tokenizer, arguments)
     attempt = uuid.uuid4().hex[:8]
     resumed = latest_checkpoint(join_url(output_path, "checkpoints"))
     note(resumed_from_step=resumed[1] if resumed else None)
     if resumed:
         logger.info("attempt %s resumes from %s (step %d)", attempt, resumed[0], resumed[1])
+    extends = None if resumed else _extension()
+    if extends is not None:
+        note(extends={"identity": extends.source, "step": extends.step})
+        logger.info("attempt %s extends %s from step %d", attempt, extends.source, extends.step)
     with tempfile.TemporaryDirectory(prefix="lmflows-train-", ignore_cleanup_errors=True) as work:
         plan = build_train_config(
             data,
@@ -211,6 +242,7 @@ def train_lm(
             on_step=progress_reporter(name, num_train_steps, batch_size * seq_len),
             attempt=attempt,
             work_dir=work,
+            start=_start(source, initialize_optimizer, extends),
         )
         checkpoint_events.announce_saves(plan.checkpointer, data, tokenizer)  # evaluate-checkpoint
         with levanter_run(plan):
@@ -232,13 +264,63 @@ def train_lm(
     }
 
 
+def _checked_source(
+    initialize_from: str | None, optimizer: bool, tokenizer: str, arguments: dict
+) -> initialize.Source | None:
+    """The `initialize_from` folder, checked against this training (shape, tokenizer,
+    optimizer state) before anything is written."""
+    if initialize_from is None:
+        return None
+    from tasks.data.tokenizer_files import load_tokenizer
+
+    # named by its identity where the body knows it (the path is a detail of this prefix)
+    shown = ((running_identity() or {}).get("attrs") or {}).get("initialize_from")
+    shown = shown if isinstance(shown, str) else initialize_from
+    source = initialize.read_source(initialize_from, shown)
+    initialize.check_shape(source, arguments, shown)
+    initialize.check_optimizer(source, optimizer, shown)
+    initialize.check_tokenizer(source, load_tokenizer(tokenizer), shown)
+    return source
+
+
+def _extension() -> extension.Extension | None:
+    """The committed run this one extends (found by its identity), if any."""
+    from tasks.core import storage
+
+    identity = running_identity()
+    if identity is None:  # the body called outside a step run (tests call it directly)
+        return None
+    return extension.find(identity["name"], identity["attrs"], storage.current_prefix())
+
+
+def _start(
+    source: initialize.Source | None, optimizer: bool, extends: extension.Extension | None
+) -> dict[str, Any]:
+    """plan_run's arguments for where the weights start: an extension's checkpoint (resumed
+    as this run's own), a source's levanter checkpoint or its HF export, or nothing."""
+    if extends is not None:
+        return {"resume_from": extends.checkpoint}
+    if source is None:
+        return {}
+    if source.checkpoint is not None:
+        return {"initialize_from_checkpoint": source.checkpoint, "initialize_optimizer": optimizer}
+    return {"initialize_from_hf": source.hf_export}
+
+
 def training_is_done(checkpoint_step: int, num_train_steps: int) -> bool:
     """levanter numbers steps from 0 and saves the last one as `step-{n - 1}`."""
     return checkpoint_step >= num_train_steps - 1
 
 
 # What build_train_config takes of train_lm's arguments besides the data and tokenizer.
-_BUILD_ARGUMENTS = ("weights", *MODEL_ATTRS, *TRAINING_ATTRS, *LOGGING_ATTRS, "checkpoint_every")
+_BUILD_ARGUMENTS = (
+    "weights",
+    *MODEL_ATTRS,
+    *TRAINING_ATTRS,
+    *LOGGING_ATTRS,
+    "checkpoint_every",
+    "decay",
+)
 
 
 def build_train_config(
@@ -250,6 +332,7 @@ def build_train_config(
     on_step: Any = None,
     attempt: str | None = None,
     work_dir: str | None = None,
+    start: dict[str, Any] | None = None,
     **arguments: Any,
 ) -> TrainPlan:
     """levanter's TrainLmConfig from plain arguments (shared by the step and the benchmark
@@ -259,7 +342,9 @@ def build_train_config(
     `steps_per_eval`, `max_eval_batches` and `checkpoint_every`. `output_path` may be any
     fsspec URL. `work_dir` is a local folder for what is not part of the output (levanter's
     logs, the HF reference config transformers reads); default: a new temporary folder.
-    `attempt` tags every metrics row."""
+    `attempt` tags every metrics row; `start` where the weights start (plan_run's
+    `resume_from`, `initialize_from_checkpoint` and `initialize_optimizer`, or
+    `initialize_from_hf`; default: fresh)."""
     from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
 
     from tasks.data.tokenizer_files import load_tokenizer
@@ -299,4 +384,5 @@ def build_train_config(
         work=work_dir,
         on_step=on_step,
         attempt=attempt,
+        **(start or {}),
     )

@@ -50,6 +50,9 @@ class TrainPlan:
     vocab_size: int
     weights: dict
     tokenizer_sha256: str
+    # a levanter checkpoint whose weights (and optimizer state, if the flag) start the run at
+    # step 0 (train_lm's initialize_from; tasks.lm.initialize.starting_from)
+    start_from: tuple[str, bool] | None = None
 
 
 def pick(arguments: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
@@ -71,18 +74,27 @@ def plan_run(
     on_step: Any = None,
     attempt: str | None = None,
     initialize_from_hf: str | bool = False,
+    initialize_from_checkpoint: str | None = None,
+    initialize_optimizer: bool = False,
+    resume_from: str | None = None,
 ) -> TrainPlan:
     """levanter's TrainLmConfig of one run. `arguments` are the step's, by name: TRAINING_ATTRS,
     LOGGING_ATTRS and, if the step has it, `checkpoint_every`. `work` is a local folder for
     what is not part of the output (levanter's logs). `attempt` tags every metrics row;
     `on_step` sees every step's metrics; `initialize_from_hf`: the HF export whose weights
-    the run starts from (with a fresh optimizer and step 0)."""
+    the run starts from (with a fresh optimizer and step 0); `initialize_from_checkpoint`: a
+    levanter checkpoint whose weights (and optimizer state if `initialize_optimizer`) start
+    it at step 0; `resume_from`: a checkpoint of another run levanter resumes from as if it
+    were this run's own (an extension, tasks.lm.extension), used only while this run has no
+    checkpoint of its own. A run of an extendable schedule also keeps the checkpoint longer
+    runs start from (tasks.lm.schedules.kept_step)."""
     import jmp
     import levanter.main.train_lm as levanter_train
     from levanter.distributed import RayConfig
     from levanter.optim import AdamConfig
     from levanter.trainer import TrainerConfig
 
+    from tasks.lm.schedules import kept_step, levanter_schedule
     from tasks.lm.tracker import JsonlTrackerConfig, register_on_step
 
     num_train_steps = arguments["num_train_steps"]
@@ -92,7 +104,11 @@ def plan_run(
     checkpointer = waitable_checkpointer_config()(
         base_path=join_url(output_path, "checkpoints"),
         append_run_id_to_base_path=False,
-        keep=checkpoint_keep(arguments.get("checkpoint_every"), num_train_steps),
+        keep=checkpoint_keep(
+            arguments.get("checkpoint_every"),
+            num_train_steps,
+            also=kept_step(arguments, num_train_steps),
+        ),
     )
     trainer = TrainerConfig(
         num_train_steps=num_train_steps,
@@ -106,6 +122,7 @@ def plan_run(
         log_dir=Path(work) / "logs",  # local, not part of the output
         id=run_id,
         checkpointer=checkpointer,
+        load_checkpoint_path=resume_from,
         # the tracker keeps no artifacts: tracing the step again for its jaxpr and HLO
         # cost about 8% of a small run
         log_jaxprs=False,
@@ -115,12 +132,22 @@ def plan_run(
         data=data_config,
         trainer=trainer,
         model=model_config,
-        optimizer=AdamConfig(**pick(arguments, OPTIM_ATTRS)),
+        optimizer=AdamConfig(
+            **{
+                **pick(arguments, OPTIM_ATTRS),
+                **levanter_schedule(arguments["lr_schedule"], arguments.get("decay")),
+            }
+        ),
         initialize_from_hf=initialize_from_hf,
         hf_save_path=join_url(output_path, "hf"),
         hf_save_steps=num_train_steps,
     )
-    return TrainPlan(config, checkpointer, metrics_path, vocab_size, weights, tokenizer_sha256)
+    start_from = (
+        (initialize_from_checkpoint, initialize_optimizer) if initialize_from_checkpoint else None
+    )
+    return TrainPlan(
+        config, checkpointer, metrics_path, vocab_size, weights, tokenizer_sha256, start_from
+    )
 
 
 @contextlib.contextmanager
@@ -143,7 +170,10 @@ def train(plan: TrainPlan) -> None:
     saves it asynchronously and does not wait)."""
     import levanter.main.train_lm as levanter_train
 
-    levanter_train.main(plan.config)
+    from tasks.lm.initialize import starting_from
+
+    with starting_from(*plan.start_from) if plan.start_from else contextlib.nullcontext():
+        levanter_train.main(plan.config)
     plan.checkpointer.wait_until_finished()
 
 
@@ -201,7 +231,7 @@ def publish(
         join_url(output_path, "train_config.json"),
         {
             "model": {key: getattr(config.model, key) for key in MODEL_ATTRS},
-            "optimizer": {key: getattr(config.optimizer, key) for key in OPTIM_ATTRS},
+            "optimizer": {key: getattr(config.optimizer, key) for key in (*OPTIM_ATTRS, "decay")},
             "vocab_size": plan.vocab_size,
             "tokenizer_sha256": plan.tokenizer_sha256,
             "data": data,
