@@ -117,3 +117,39 @@ def test_a_source_trained_with_another_tokenizer_is_refused_before_training(
     message = str(state.message) + repr(state.result(raise_on_failure=False))
     assert expected in message, message
     _nothing_trained(inputs["prefix"], name)
+
+
+def test_a_cooldown_from_an_adopted_checkpoint_reads_it_in_place(inputs, monkeypatch, tmp_path):
+    """The Marin case: a checkpoint that lmflows did not make (here a copy of the tiny model's
+    output outside the prefix) is `adopt`ed and trained from; the training's identity names
+    the adopted content, and a plain path string is refused with the `adopt` call to write."""
+    import shutil
+
+    from experiments.cooldown import cool_down
+    from tasks.core import adopt, flow
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", inputs["prefix"])
+    elsewhere = tmp_path / "marin" / "checkpoint"
+    shutil.copytree(inputs["model"].path, elsewhere, ignore=shutil.ignore_patterns(".lmflows"))
+
+    @flow(name="cool-adopted")
+    def run(source):
+        model = adopt(str(elsewhere), name="marin-tiny") if source is None else source
+        return cool_down(
+            "cool-adopted", model, inputs["tokenizer"], {"kjv": inputs["tokenized"]},
+            {"kjv": 1.0}, **COOL,
+        )  # fmt: skip
+
+    refused = run(str(elsewhere), return_state=True)
+    assert refused.is_failed()
+    assert "adopt(" in str(refused.message) + repr(refused.result(raise_on_failure=False))
+    _nothing_trained(inputs["prefix"], "cool-adopted")
+
+    state = run(None, return_state=True)
+    assert state.is_completed(), state.message
+    cooled = state.result()
+    losses = train_losses(cooled.path)
+    source = train_losses(inputs["model"].path)
+    assert abs(losses[0] - source[max(source)]) < 0.3, (losses, source)
+    record = provenance(cooled.path)
+    assert record["attrs"]["initialize_from"].startswith("adopted/marin-tiny-")
