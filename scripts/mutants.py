@@ -106,7 +106,7 @@ MUTANTS = [
     ),
     Mutant(
         "bits_per_byte computed as the loss",
-        "tasks/lm/evaluate.py",
+        "tasks/lm/eval_run.py",
         '"bits_per_byte": logged.get(f"{prefix}/bpb"),',
         '"bits_per_byte": loss,',
         ("tests/test_pipeline.py::test_pipeline_end_to_end_then_all_cached",),
@@ -369,7 +369,7 @@ MUTANTS = [
     Mutant(
         "evaluate imports the training step again",
         "tasks/lm/evaluate.py",
-        "from tasks.lm.model import check_tokenizer_matches, reference_model",
+        "from tasks.lm.model import check_tokenizer_matches",
         "from tasks.lm.model import check_tokenizer_matches\n"
         "from tasks.lm.train import reference_model",
         ("tests/test_layout.py::test_readers_do_not_import_the_steps_that_write_what_they_read",),

@@ -62,3 +62,70 @@ def run_eval_lm(
     fs.makedirs(root, exist_ok=True)
     fs.put_file(metrics_path, f"{root.rstrip('/')}/metrics.jsonl")
     return logged
+
+
+def score_splits(
+    checkpoint: str,
+    trained: dict,
+    tokenizer: str,
+    data: dict[str, str],
+    *,
+    batch_size: int,
+    max_eval_batches: int | None,
+    output_path: str,
+    work_prefix: str = "lmflows-eval-",
+) -> dict[str, dict]:
+    """Loss, perplexity and bits per byte of `checkpoint` (a model of the shape `trained`,
+    as `train_config.json` records it) on tokenized validation splits: over all of `data`
+    ("all") and per dataset. `evaluate` (a training's final checkpoint) and
+    `evaluate_checkpoint` (one saved while training) both score this way.
+
+    levanter's logs and the metrics file are written locally, then copied into the output
+    (any fsspec URL). transformers cannot read a gs:// reference config, so the model's is
+    rebuilt locally from its shape rather than read from hf_reference/."""
+    import shutil
+    import tempfile
+
+    from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
+
+    from tasks.lm.model import reference_model
+
+    work = tempfile.mkdtemp(prefix=work_prefix)
+    try:
+        model_config = reference_model(trained["model"], tokenizer, trained["vocab_size"], work)
+        data_config = LMMixtureDatasetConfig(
+            tokenizer=tokenizer,
+            cache_dir=None,
+            configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
+            train_weights={key: 1.0 for key in data},
+        )
+        logged = run_eval_lm(
+            checkpoint,
+            model_config,
+            data_config,
+            batch_size=batch_size,
+            max_eval_batches=max_eval_batches,
+            run_id="eval",
+            work=work,
+            output_path=output_path,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results = {"all": summary(logged, "eval")}
+    for key in data:
+        results[key] = summary(logged, f"eval/{key}")
+    return results
+
+
+def summary(logged: dict, prefix: str) -> dict:
+    """The loss levanter logged under `prefix`, as loss, perplexity and bits per byte."""
+    import math
+
+    loss = logged.get(f"{prefix}/loss")
+    if loss is None:
+        return {}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": logged.get(f"{prefix}/bpb"),
+    }

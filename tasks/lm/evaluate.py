@@ -5,9 +5,6 @@ the output may be on any fsspec filesystem (gs:// in production)."""
 from __future__ import annotations
 
 import json
-import math
-import shutil
-import tempfile
 from typing import Any
 
 import fsspec
@@ -18,7 +15,7 @@ from tasks.data.tokenizer_files import load_tokenizer
 from tasks.lm import accelerators
 from tasks.lm.checkpoints import final_checkpoint
 from tasks.lm.files import write_json
-from tasks.lm.model import check_tokenizer_matches, reference_model
+from tasks.lm.model import check_tokenizer_matches
 
 
 def _check(accelerator: Any = "cpu", **_: Any) -> None:
@@ -51,55 +48,24 @@ def evaluate(
     trained with. `batch_size` is a hash attribute: with `max_eval_batches` it decides how
     many examples are scored. `accelerator` (what the call asks Ray for) is operational.
     """
-    from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
-
-    from tasks.lm.eval_run import run_eval_lm
+    from tasks.lm.eval_run import score_splits
 
     tensorstore_follows_emulator()  # levanter's tensorstore writes, on a GCS emulator
     with fsspec.open(f"{model.rstrip('/')}/train_config.json", "r") as handle:
         trained = json.load(handle)
     check_tokenizer_matches(trained, load_tokenizer(tokenizer), model)
-    # levanter's logs and the metrics file are written locally, then the metrics are copied
-    # into the output (any fsspec URL). transformers cannot read a gs:// reference config,
-    # so the model's is rebuilt locally from its config rather than read from hf_reference/.
-    work = tempfile.mkdtemp(prefix="lmflows-eval-")
-    try:
-        model_config = reference_model(trained["model"], tokenizer, trained["vocab_size"], work)
-        data_config = LMMixtureDatasetConfig(
-            tokenizer=tokenizer,
-            cache_dir=None,
-            configs={key: UrlDatasetSourceConfig(cache_dir=path) for key, path in data.items()},
-            train_weights={key: 1.0 for key in data},
-        )
-        logged = run_eval_lm(
-            final_checkpoint(model),
-            model_config,
-            data_config,
-            batch_size=batch_size,
-            max_eval_batches=max_eval_batches,
-            run_id="eval",
-            work=work,
-            output_path=output_path,
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results = {"all": _summary(logged, "eval")}
-    for key in data:
-        results[key] = _summary(logged, f"eval/{key}")
+    results = score_splits(
+        final_checkpoint(model),
+        trained,
+        tokenizer,
+        data,
+        batch_size=batch_size,
+        max_eval_batches=max_eval_batches,
+        output_path=output_path,
+    )
     write_json(f"{output_path.rstrip('/')}/results.json", results)
     _publish(name, results)
     return results
-
-
-def _summary(logged: dict, prefix: str) -> dict:
-    loss = logged.get(f"{prefix}/loss")
-    if loss is None:
-        return {}
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_byte": logged.get(f"{prefix}/bpb"),
-    }
 
 
 def _publish(name: str, results: dict) -> None:

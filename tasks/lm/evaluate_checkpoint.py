@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ from tasks.core.outputs import RESUME_DIR
 from tasks.data.tokenizer_files import load_tokenizer
 from tasks.lm import accelerators
 from tasks.lm.files import join_url, write_json
-from tasks.lm.model import check_tokenizer_matches, reference_model
+from tasks.lm.model import check_tokenizer_matches
 
 CHECKPOINTS = "checkpoints"
 TRAIN_CONFIG = "train_config.json"
@@ -114,39 +113,23 @@ def evaluate_checkpoint(
     """Evaluate checkpoint `checkpoint_step` of the `train_lm` output `training` (NAME-HASH,
     committed or running under the current prefix) on tokenized validation splits (`data`),
     with the tokenizer it was trained with."""
-    from levanter.data.text import LMMixtureDatasetConfig, UrlDatasetSourceConfig
-
-    from tasks.lm.eval_run import run_eval_lm
+    from tasks.lm.eval_run import score_splits
 
     tensorstore_follows_emulator()
     prefix = storage.current_prefix()
     with held_checkpoint(training, checkpoint_step, prefix, output_path) as (checkpoint, model):
         trained = trained_shape(model)
         check_tokenizer_matches(trained, load_tokenizer(tokenizer), training)
-        work = tempfile.mkdtemp(prefix="lmflows-eval-checkpoint-")  # levanter's logs
-        try:
-            model_config = reference_model(trained["model"], tokenizer, trained["vocab_size"], work)
-            data_config = LMMixtureDatasetConfig(
-                tokenizer=tokenizer,
-                cache_dir=None,
-                configs={k: UrlDatasetSourceConfig(cache_dir=path) for k, path in data.items()},
-                train_weights={key: 1.0 for key in data},
-            )
-            logged = run_eval_lm(
-                checkpoint,
-                model_config,
-                data_config,
-                batch_size=batch_size,
-                max_eval_batches=max_eval_batches,
-                run_id="eval",
-                work=work,
-                output_path=output_path,
-            )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    results = {"all": _summary(logged, "eval")}
-    for key in data:
-        results[key] = _summary(logged, f"eval/{key}")
+        results = score_splits(
+            checkpoint,
+            trained,
+            tokenizer,
+            data,
+            batch_size=batch_size,
+            max_eval_batches=max_eval_batches,
+            output_path=output_path,
+            work_prefix="lmflows-eval-checkpoint-",
+        )
     write_json(join_url(output_path, "results.json"), results)
     _publish(name, training, checkpoint_step, results)
     return {"training": training, "checkpoint_step": checkpoint_step, "results": results}
@@ -239,12 +222,6 @@ def _link(source: str, target: str) -> None:
     if os.path.islink(source):
         raise FileNotFoundError(f"{source} is a link")  # never read through one
     os.link(source, target)
-
-
-def _summary(logged: dict, prefix: str) -> dict:
-    from tasks.lm.evaluate import _summary as summary
-
-    return summary(logged, prefix)
 
 
 def _publish(name: str, training: str, checkpoint_step: int, results: dict) -> None:
