@@ -174,6 +174,8 @@ def plan_check(initialize_from: Any, initialize_optimizer: Any, arguments: Mappi
     checked by the step before it writes anything."""
     from tasks.core import StepRef
 
+    if not isinstance(initialize_optimizer, bool):
+        raise ValueError(f"initialize_optimizer={initialize_optimizer!r} must be True or False")
     if initialize_from is None:
         if initialize_optimizer:
             raise ValueError("initialize_optimizer=True needs initialize_from=")
@@ -184,8 +186,6 @@ def plan_check(initialize_from: Any, initialize_optimizer: Any, arguments: Mappi
             "first (initialize_from=adopt(path, name=...)), so that the training's identity "
             "names the source's content, not where it lies"
         )
-    if not isinstance(initialize_optimizer, bool):
-        raise ValueError(f"initialize_optimizer={initialize_optimizer!r} must be True or False")
     path = initialize_from.path
     fs, plain = fsspec.core.url_to_fs(path)
     if not fs.exists(plain):
