@@ -71,17 +71,23 @@ ATTRS = {
 DEPS = ["tokenized/kjv-0123456789", "tokenizer/kjv-0123456789"]
 
 
-def _committed_training(prefix: Path, hash_: str, attrs: dict, steps: list[int]) -> str:
+def _committed_training(
+    prefix: Path, hash_: str | None, attrs: dict, steps: list[int], commit: bool = True
+) -> str:
     """A committed `checkpoints/run-HASH` holding levanter-complete checkpoints at `steps`
-    (metadata.json) and a provenance with `attrs`, committed with the framework's record."""
+    (metadata.json and an array file) and a provenance with `attrs`, committed with the
+    framework's record (`hash_` None: the hash of `attrs`, a genuine identity)."""
     from tasks.core import StepRef, manifest, records, storage
+    from tasks.core.identity import compute_hash
 
+    hash_ = hash_ or compute_hash(NAME, attrs, DEPS)
     name_with_hash = f"{NAME}-{hash_}"
     out = Path(storage.output_dir(name_with_hash, str(prefix)))
     for step in steps:
         folder = out / "checkpoints" / f"step-{step}"
         folder.mkdir(parents=True)
         (folder / "metadata.json").write_text("{}")
+        (folder / "arrays.bin").write_bytes(b"\0" * 64)
     meta = out / ".lmflows"
     meta.mkdir(parents=True)
     provenance = {
@@ -92,6 +98,8 @@ def _committed_training(prefix: Path, hash_: str, attrs: dict, steps: list[int])
         "notes": {},
     }
     (meta / "provenance.json").write_text(json.dumps(provenance))
+    if not commit:
+        return name_with_hash
     record = records.record_bytes(StepRef(NAME, hash_), manifest.build(str(out)))
     (out / storage.COMMIT_FILE).write_bytes(record)
     assert records.read_commit(name_with_hash, str(prefix)) is not None
@@ -114,3 +122,69 @@ def test_a_sibling_whose_provenance_is_not_its_identity_is_never_extended(tmp_pa
     found = extension.find(NAME, {**ATTRS, "num_train_steps": 80}, str(tmp_path))
     assert found is not None
     assert (found.source, found.step) == (genuine, 20)
+
+
+def _find(prefix: Path, total: int, **changed):
+    from tasks.lm import extension
+
+    return extension.find(NAME, {**ATTRS, **changed, "num_train_steps": total}, str(prefix))
+
+
+def test_a_sibling_of_the_same_name_with_other_inputs_is_never_a_source(tmp_path):
+    """Same name, committed, a later checkpoint: another learning rate, seed, dataset or
+    schedule option is another training, never a source; only the genuine one is."""
+    short = {**ATTRS, "num_train_steps": 40}
+    for changed in (
+        {"learning_rate": 0.001},
+        {"seed": 1},
+        {"data": {"kjv": "tokenized/kjv-9999999999"}},
+        {"warmup": 3},
+        {"min_lr_ratio": 0.0},
+    ):
+        _committed_training(tmp_path, None, {**short, **changed}, [39])
+    assert _find(tmp_path, 80) is None
+    genuine = _committed_training(tmp_path, None, short, [20])
+    found = _find(tmp_path, 80)
+    assert (found.source, found.step) == (genuine, 20)
+
+
+def test_an_uncommitted_or_damaged_sibling_is_never_a_source(tmp_path):
+    """A sibling still training (no commit record), or one whose checkpoint lost a file after
+    its commit (the manifest no longer matches), offers nothing."""
+    _committed_training(tmp_path, None, {**ATTRS, "num_train_steps": 40}, [39], commit=False)
+    assert _find(tmp_path, 80) is None
+    damaged = _committed_training(tmp_path, None, {**ATTRS, "num_train_steps": 30}, [29])
+    (tmp_path / damaged / "checkpoints" / "step-29" / "arrays.bin").unlink()
+    assert _find(tmp_path, 80) is None
+
+
+def test_of_two_siblings_the_later_shared_checkpoint_is_the_source(tmp_path):
+    _committed_training(tmp_path, None, {**ATTRS, "num_train_steps": 30}, [29])
+    longer = _committed_training(tmp_path, None, {**ATTRS, "num_train_steps": 40}, [39])
+    _committed_training(tmp_path, None, {**ATTRS, "num_train_steps": 20}, [19])
+    found = _find(tmp_path, 80)
+    assert (found.source, found.step) == (longer, 39)
+
+
+def test_a_longer_sibling_leaves_the_run_at_least_one_update_to_train(tmp_path):
+    """A committed 80-step constant run is a source for a 40-step one only at step 38 or
+    before: resuming at step 39 (the run's last) levanter trains nothing and fails."""
+    longer = _committed_training(
+        tmp_path, None, {**ATTRS, "num_train_steps": 80}, [38, 39, 79]
+    )  # fmt: skip
+    found = _find(tmp_path, 40)
+    assert (found.source, found.step) == (longer, 38)
+
+
+def test_an_omitted_default_is_omitted_only_at_its_own_type():
+    """omit_at_default drops an attribute only at its default of the same type: 0.0 and
+    False are not 0 in the hash, so they must not share the identity of the omitted 0."""
+    from tasks.core import step
+
+    @step(hash_attrs=["n", "extra"], omit_at_default=["extra"], name="t/omitted")
+    def counted(n: int, extra: int = 0, *, output_path: str):
+        pass
+
+    assert counted.ref_for(3, 0) == counted.ref_for(3)
+    assert counted.ref_for(3, 0.0) != counted.ref_for(3)
+    assert counted.ref_for(3, False) != counted.ref_for(3)
