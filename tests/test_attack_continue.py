@@ -188,3 +188,19 @@ def test_an_omitted_default_is_omitted_only_at_its_own_type():
     assert counted.ref_for(3, 0) == counted.ref_for(3)
     assert counted.ref_for(3, 0.0) != counted.ref_for(3)
     assert counted.ref_for(3, False) != counted.ref_for(3)
+
+
+def test_a_refused_sub_path_source_is_named_with_its_sub_path(tmp_path, monkeypatch):
+    """initialize_from=ref.cd("hf") of a training whose exports lie in hf/step-N is refused
+    (no export in hf/ itself); the line named the parent output, which does hold one."""
+    from tasks.core import StepRef
+    from tasks.lm.initialize import InitializeFromError, plan_check
+
+    monkeypatch.setenv("LMFLOWS_PREFIX", str(tmp_path))
+    export = tmp_path / f"{NAME}-0123456789" / "hf" / "step-9"
+    export.mkdir(parents=True)
+    (export / "config.json").write_text("{}")
+    (export / "model.safetensors").write_bytes(b"x")
+    source = StepRef(NAME, "0123456789").cd("hf")
+    with pytest.raises(InitializeFromError, match=f"initialize_from={NAME}-0123456789/hf: no "):
+        plan_check(source, False, {})
