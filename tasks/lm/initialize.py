@@ -190,9 +190,10 @@ def plan_check(initialize_from: Any, initialize_optimizer: Any, arguments: Mappi
     fs, plain = fsspec.core.url_to_fs(path)
     if not fs.exists(plain):
         return
-    source = read_source(path, initialize_from.name_with_hash)
-    check_shape(source, arguments, initialize_from.name_with_hash)
-    check_optimizer(source, initialize_optimizer, initialize_from.name_with_hash)
+    shown = initialize_from.identity  # NAME-HASH, with a .cd() sub-path when there is one
+    source = read_source(path, shown)
+    check_shape(source, arguments, shown)
+    check_optimizer(source, initialize_optimizer, shown)
 
 
 @contextlib.contextmanager
