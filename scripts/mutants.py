@@ -963,6 +963,60 @@ MUTANTS += [
     ),
 ]
 
+# attack on issue 17 (tests/test_attack_continue.py)
+ATTACK = "tests/test_attack_continue.py"
+MUTANTS += [
+    Mutant(
+        "an extension takes a same-name sibling with other inputs",
+        "tasks/lm/extension.py",
+        "if k != TOTAL}",
+        "if k == 'lr_schedule'}",
+        (f"{ATTACK}::test_a_sibling_of_the_same_name_with_other_inputs_is_never_a_source",),
+    ),
+    Mutant(
+        "an extension takes an uncommitted or damaged sibling",
+        "tasks/lm/extension.py",
+        "if _lineage(other) != lineage or records.read_commit(sibling, prefix) is None:",
+        "if _lineage(other) != lineage:",
+        (f"{ATTACK}::test_an_uncommitted_or_damaged_sibling_is_never_a_source",),
+    ),
+    Mutant(
+        "an extension takes the first sibling, not the latest shared checkpoint",
+        "tasks/lm/extension.py",
+        "(best is None or found[1] > best.step)",
+        "best is None",
+        (f"{ATTACK}::test_of_two_siblings_the_later_shared_checkpoint_is_the_source",),
+    ),
+    Mutant(
+        "an extension from a longer sibling leaves nothing to train",
+        "tasks/lm/extension.py",
+        "last = min(shared - 1, total - 2)",
+        "last = min(shared - 1, total - 1)",
+        (f"{ATTACK}::test_a_longer_sibling_leaves_the_run_at_least_one_update_to_train",),
+    ),
+    Mutant(
+        "an extension trusts a provenance that is not its folder's identity",
+        "tasks/lm/extension.py",
+        "        if compute_hash(name, attrs, deps) != hash_:\n            return None\n",
+        "",
+        (f"{ATTACK}::test_a_sibling_whose_provenance_is_not_its_identity_is_never_extended",),
+    ),
+    Mutant(
+        "omit_at_default omits a value of another type",
+        "tasks/core/identity.py",
+        "    return type(value) is type(default) and value == default",
+        "    return value == default",
+        (f"{ATTACK}::test_an_omitted_default_is_omitted_only_at_its_own_type",),
+    ),
+    Mutant(
+        "a warmup levanter refuses is accepted",
+        "tasks/lm/schedules.py",
+        '    _check_frac_or_steps("warmup", warmup, zero_ok=True)\n',
+        "",
+        (f"{ATTACK}::test_a_warmup_levanter_refuses_or_that_does_not_fit_the_run_is_one_line",),
+    ),
+]
+
 EXTRA = {
     "a checkpoint evaluation's identity ignores the checkpoint step": [
         (

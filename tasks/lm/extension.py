@@ -44,14 +44,14 @@ def find(name: str, attrs: Mapping[str, Any], prefix: str) -> Extension | None:
     checkpoint whose state the two share and after which this run still has steps to train;
     None when there is none (any schedule but an EXTENDABLE one, among others)."""
     from tasks.core import records, storage
-    from tasks.core.explain import read_attrs, sibling_outputs
+    from tasks.core.explain import sibling_outputs
 
     if attrs.get("lr_schedule") not in EXTENDABLE or not isinstance(attrs.get(TOTAL), int):
         return None
     total, lineage = attrs[TOTAL], _lineage(attrs)
     best: Extension | None = None
     for sibling in sibling_outputs(name, prefix):
-        other = read_attrs(sibling, prefix)
+        other = _own_attrs(sibling, prefix)
         if not other or not isinstance(other.get(TOTAL), int) or other[TOTAL] == total:
             continue
         if _lineage(other) != lineage or records.read_commit(sibling, prefix) is None:
@@ -64,6 +64,26 @@ def find(name: str, attrs: Mapping[str, Any], prefix: str) -> Extension | None:
         if found is not None and (best is None or found[1] > best.step):
             best = Extension(sibling, found[1], found[0])
     return best
+
+
+def _own_attrs(name_with_hash: str, prefix: str) -> dict[str, Any] | None:
+    """The `attrs` of an output's provenance, if they (with its `deps`) hash to the output's
+    own name: `.lmflows/` is outside the manifest, so a provenance copied from another output
+    or edited by hand would otherwise make another training's checkpoint a source."""
+    from tasks.core import storage
+    from tasks.core.identity import compute_hash, split_name_with_hash
+
+    try:
+        recorded = json.loads(storage.read_bytes(storage.meta_path(
+            name_with_hash, storage.PROVENANCE_FILE, prefix)))  # fmt: skip
+        name, hash_ = split_name_with_hash(name_with_hash)
+        attrs = recorded["attrs"]
+        deps = sorted(dep["identity"] for dep in recorded["deps"])
+        if compute_hash(name, attrs, deps) != hash_:
+            return None
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
 
 
 def describe(name: str, attrs: dict, prefix: str) -> str | None:

@@ -174,6 +174,8 @@ def plan_check(initialize_from: Any, initialize_optimizer: Any, arguments: Mappi
     checked by the step before it writes anything."""
     from tasks.core import StepRef
 
+    if not isinstance(initialize_optimizer, bool):
+        raise ValueError(f"initialize_optimizer={initialize_optimizer!r} must be True or False")
     if initialize_from is None:
         if initialize_optimizer:
             raise ValueError("initialize_optimizer=True needs initialize_from=")
@@ -184,15 +186,14 @@ def plan_check(initialize_from: Any, initialize_optimizer: Any, arguments: Mappi
             "first (initialize_from=adopt(path, name=...)), so that the training's identity "
             "names the source's content, not where it lies"
         )
-    if not isinstance(initialize_optimizer, bool):
-        raise ValueError(f"initialize_optimizer={initialize_optimizer!r} must be True or False")
     path = initialize_from.path
     fs, plain = fsspec.core.url_to_fs(path)
     if not fs.exists(plain):
         return
-    source = read_source(path, initialize_from.name_with_hash)
-    check_shape(source, arguments, initialize_from.name_with_hash)
-    check_optimizer(source, initialize_optimizer, initialize_from.name_with_hash)
+    shown = initialize_from.identity  # NAME-HASH, with a .cd() sub-path when there is one
+    source = read_source(path, shown)
+    check_shape(source, arguments, shown)
+    check_optimizer(source, initialize_optimizer, shown)
 
 
 @contextlib.contextmanager

@@ -42,8 +42,9 @@ def steps_of(frac_or_steps: float | int, num_train_steps: int) -> int:
 
 def check_schedule(lr_schedule: Any, decay: Any, warmup: Any, num_train_steps: int) -> None:
     """One line for a schedule levanter would refuse late (after compiling) or that means
-    nothing: an unknown name, wsd without its decay, constant with one, a decay that is not
-    positive, not whole above 1, or does not fit the run with its warmup."""
+    nothing: an unknown name, wsd without its decay, constant with one, a warmup or decay
+    that is not a number levanter reads (negative, not whole above 1, a bool), a decay of 0
+    steps, or a warmup (with its decay) longer than the run."""
     if lr_schedule not in SCHEDULES:
         raise ValueError(f"lr_schedule={lr_schedule!r} must be one of {', '.join(SCHEDULES)}")
     if lr_schedule == "wsd" and decay is None:
@@ -53,19 +54,38 @@ def check_schedule(lr_schedule: Any, decay: Any, warmup: Any, num_train_steps: i
         )
     if lr_schedule == "constant" and decay is not None:
         raise ValueError(f"lr_schedule='constant' does not decay; decay={decay!r} must be None")
+    _check_frac_or_steps("warmup", warmup, zero_ok=True)
+    if steps_of(warmup, num_train_steps) > num_train_steps:
+        raise ValueError(
+            f"warmup={warmup!r} is {steps_of(warmup, num_train_steps)} steps, more than "
+            f"num_train_steps={num_train_steps}"
+        )
     if decay is None:
         return
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay > 0:
-        raise ValueError(f"decay={decay!r} must be a positive fraction of the run or steps")
-    if decay > 1 and decay % 1:
-        raise ValueError(f"decay={decay!r}: above 1 it is a number of steps and must be whole")
-    if isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and warmup >= 0:
-        used = steps_of(warmup, num_train_steps) + steps_of(decay, num_train_steps)
-        if used > num_train_steps:
-            raise ValueError(
-                f"warmup={warmup!r} and decay={decay!r} take {used} steps, more than "
-                f"num_train_steps={num_train_steps}"
-            )
+    _check_frac_or_steps("decay", decay, zero_ok=False)
+    if steps_of(decay, num_train_steps) == 0:
+        raise ValueError(
+            f"decay={decay!r} of num_train_steps={num_train_steps} is 0 steps (levanter rounds "
+            "a fraction down): the run would never decay; give a larger fraction or steps"
+        )
+    used = steps_of(warmup, num_train_steps) + steps_of(decay, num_train_steps)
+    if used > num_train_steps:
+        raise ValueError(
+            f"warmup={warmup!r} and decay={decay!r} take {used} steps, more than "
+            f"num_train_steps={num_train_steps}"
+        )
+
+
+def _check_frac_or_steps(name: str, value: Any, zero_ok: bool) -> None:
+    """levanter's rule for `warmup` and `decay`, before anything runs: a number (not a bool),
+    a fraction of the run up to 1.0, whole steps above it; `decay` also above 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a fraction of the run or a number of steps")
+    if not (value >= 0 if zero_ok else value > 0):
+        kind = "a non-negative" if zero_ok else "a positive"
+        raise ValueError(f"{name}={value!r} must be {kind} fraction of the run or steps")
+    if value > 1 and value % 1:
+        raise ValueError(f"{name}={value!r}: above 1 it is a number of steps and must be whole")
 
 
 def rates(arguments: Mapping[str, Any], num_train_steps: int, count: int) -> Any:
