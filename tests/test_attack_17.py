@@ -71,15 +71,15 @@ def announcing_training(data: dict, tokenizer: str, *, output_path: str) -> dict
     from tasks.lm.checkpoint_events import announce_saves
 
     config = types.SimpleNamespace(create=lambda run_id: None)
-    announcer = announce_saves(config, data, tokenizer)
+    announcer = announce_saves(config)
     return dict(announcer.args[2])
 
 
 def test_a_training_on_adopted_data_announces_inputs_the_evaluation_can_read(prefix, tmp_path):
     """migrating-from-marin.md: adopt a Marin tokenized cache and train on it. The training's
-    `lmflows.checkpoint.saved` payload names its inputs by identity, computed from the paths
-    its body received; an adopted folder lies outside the prefix, so it was named None and
-    every evaluate-checkpoint run of such a training was refused. And given the identity by
+    `lmflows.checkpoint.saved` payload names its inputs by identity; computed from the paths
+    its body received, an adopted folder (outside the prefix) was named None and every
+    evaluate-checkpoint run of such a training was refused (now: from the step's identity). And given the identity by
     hand, the flow resolved it under the prefix (the record folder, holding adopted.json),
     not the adopted folder, so the evaluation read the wrong place (next test)."""
     data_folder = make_folder(tmp_path / "marin" / "tokenized")

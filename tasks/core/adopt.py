@@ -394,23 +394,3 @@ def read_in_place(ref: StepRef, prefix: str | None = None) -> StepRef:
             f"({again.name_with_hash})"
         )
     return again.cd(ref.sub_path) if ref.sub_path else again
-
-
-def identity_at(path: str, prefix: str | None = None) -> str | None:
-    """The identity (NAME-HASH[/sub/path]) of an adopted folder, or of a path inside one, as
-    recorded under `prefix` by an earlier `adopt` of it; None if no adoption recorded it. A
-    step body receives paths only: this names an adopted input again (events, reports)."""
-    prefix = prefix or storage.current_prefix()
-    location = path[len("file://") :] if path.startswith("file://") else path
-    location = location.rstrip("/")
-    parts = location.split("/")
-    for cut in range(len(parts), 0, -1):
-        folder = "/".join(parts[:cut])
-        if not folder or folder.endswith(":"):
-            break
-        index_path = storage.join(prefix, INDEX_DIR, _index_key(folder) + ".json")
-        entry = _read_index(index_path, folder)
-        if entry is not None:
-            rest = "/".join(parts[cut:])
-            return entry["name_with_hash"] + (f"/{rest}" if rest else "")
-    return None

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tasks.core import artifacts, storage
+from tasks.core import provenance, storage
 
 EVENT = "lmflows.checkpoint.saved"
 RESOURCE_PREFIX = "lmflows.step."
@@ -42,35 +42,21 @@ def identity_under(path: str, prefix: str) -> str | None:
     return path[len(base) :].strip("/") or None
 
 
-def input_identity(path: str, prefix: str) -> str | None:
-    """The identity of an input the body received as `path`: a step output under the
-    prefix, or an adopted folder (which lies elsewhere; its adoption is recorded)."""
-    from tasks.core.adopt import identity_at
-
-    return identity_under(path, prefix) or identity_at(path, prefix)
-
-
-def running_identity() -> str | None:
-    """The identity (NAME-HASH) of the step whose body runs here: its committed location
-    relative to the prefix. None outside a step run (a benchmark calling levanter directly)."""
-    url = artifacts.output_url()
-    return identity_under(url, storage.current_prefix()) if url else None
-
-
-def announce_saves(
-    checkpointer_config: Any, data: Mapping[str, str], tokenizer: str
-) -> Callable[[int, str], None] | None:
+def announce_saves(checkpointer_config: Any) -> Callable[[int, str], None] | None:
     """Make every checkpointer that `checkpointer_config` (levanter's CheckpointerConfig of
-    this run) creates announce each permanent checkpoint it commits. `data` and `tokenizer`
-    are the training's inputs as its body received them (paths of step outputs). Does nothing
-    outside a step run; returns the announcer (or None)."""
-    identity = running_identity()
-    if identity is None:
+    this run) creates announce each permanent checkpoint it commits. The payload names the
+    training's datasets and tokenizer as its identity does (`provenance.running_identity`:
+    identities, also of adopted inputs that lie outside the prefix), never by the paths its
+    body received. Does nothing outside a step run; returns the announcer (or None)."""
+    own = provenance.running_identity()
+    if own is None:
         return None
+    identity = f"{own['name']}-{own['hash']}"
     prefix = storage.current_prefix()
+    attrs = own.get("attrs") or {}
     payload = {
-        "data": {key: input_identity(path, prefix) for key, path in sorted(data.items())},
-        "tokenizer": input_identity(tokenizer, prefix),
+        "data": dict(sorted((attrs.get("data") or {}).items())),
+        "tokenizer": attrs.get("tokenizer"),
     }
     announcer = functools.partial(announce, identity, prefix, payload)
     create = checkpointer_config.create

@@ -244,7 +244,7 @@ def train_lm(
             work_dir=work,
             start=_start(source, initialize_optimizer, extends),
         )
-        checkpoint_events.announce_saves(plan.checkpointer, data, tokenizer)  # evaluate-checkpoint
+        checkpoint_events.announce_saves(plan.checkpointer)  # evaluate-checkpoint
         with levanter_run(plan):
             if resumed and training_is_done(resumed[1], num_train_steps):
                 # Killed after its last checkpoint: levanter would resume at the end and
