@@ -79,9 +79,10 @@ def test_a_training_on_adopted_data_announces_inputs_the_evaluation_can_read(pre
     """migrating-from-marin.md: adopt a Marin tokenized cache and train on it. The training's
     `lmflows.checkpoint.saved` payload names its inputs by identity; computed from the paths
     its body received, an adopted folder (outside the prefix) was named None and every
-    evaluate-checkpoint run of such a training was refused (now: from the step's identity). And given the identity by
-    hand, the flow resolved it under the prefix (the record folder, holding adopted.json),
-    not the adopted folder, so the evaluation read the wrong place (next test)."""
+    evaluate-checkpoint run of such a training was refused (now: from the step's identity).
+    And given the identity by hand, the flow resolved it under the prefix (the record folder,
+    holding adopted.json), not the adopted folder, so the evaluation read the wrong place
+    (next test)."""
     data_folder = make_folder(tmp_path / "marin" / "tokenized")
     tok_folder = tmp_path / "marin" / "tokenizer"
     tok_folder.mkdir(parents=True)
