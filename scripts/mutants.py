@@ -47,6 +47,13 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "the compiled MinHash kernel skips the Mersenne fold's correction",
+        "tasks/data/minhash_kernel.py",
+        "                if folded >= prime:\n                    folded -= prime\n",
+        "",
+        ("tests/test_minhash.py::test_the_mersenne_fold_is_exact_where_it_must_correct",),
+    ),
+    Mutant(
         "lease renewal switched off",
         "tasks/core/lease.py",
         "while not held.stop.wait(interval):",

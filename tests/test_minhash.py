@@ -46,7 +46,31 @@ def test_signatures_are_the_reference_values(ngram, seed):
         assert (sig == _reference_signature(text, ngram, a, b)).all()
 
 
-def test_the_mersenne_fold_is_exact_where_it_must_correct():
+IMPLEMENTATIONS = {
+    "compiled": minhash.compiled_min_hash,  # numba, what dedup runs
+    "numpy": minhash._min_hash_numpy,  # where numba cannot be imported
+}
+
+
+def test_numba_compiles_the_kernel_dedup_runs():
+    """numba is a dependency: a missing or broken one would silently cost ~12x in dedup."""
+    assert minhash.compiled_min_hash is not None
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_both_min_hash_implementations_give_the_reference_values(implementation):
+    min_hash = IMPLEMENTATIONS[implementation]
+    rng = np.random.default_rng(3)
+    for num_perm, seed in ((128, 0), (64, 9)):
+        a, b = minhash.permutations(num_perm, seed)
+        for rows in (1, 2, 7, 700, 5000):
+            hashes = rng.integers(0, 1 << 32, size=rows, dtype=np.uint64)
+            expected = (np.outer(hashes, a) + b) % minhash.MERSENNE_PRIME & minhash.MAX_HASH
+            assert (min_hash(hashes, a, b) == expected.min(axis=0).astype(np.uint32)).all()
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_the_mersenne_fold_is_exact_where_it_must_correct(implementation):
     # a*h + b on and around multiples of p (a*h + b = m*p needs the correction step)
     p = (1 << 61) - 1
     hits = 0
@@ -60,5 +84,6 @@ def test_the_mersenne_fold_is_exact_where_it_must_correct():
                 x = a * h + b
                 hits += x % p < 8 and (x & p) + (x >> 61) >= p
                 arrays = [np.array([v], dtype=np.uint64) for v in (h, a, b)]
-                assert int(minhash._min_hash(*arrays)[0]) == x % p & 0xFFFFFFFF, (h, m, k)
+                got = int(IMPLEMENTATIONS[implementation](*arrays)[0])
+                assert got == x % p & 0xFFFFFFFF, (h, m, k)
     assert hits > 0  # the rare branch ran

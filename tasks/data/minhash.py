@@ -5,7 +5,8 @@ Python loop and builds one `MinHash` object per document, and its LSH keeps ever
 memory as Python objects; this module keeps only a band-hash -> document-number map and the
 signatures of kept documents. `benches/dedup_throughput.py` compares the two on the same
 documents (same shingles, permutations, bands and threshold; same recall). Workers import only
-numpy and xxhash so that spawned processes start fast.
+numpy, xxhash and numba (its compiled kernel is cached on disk) so that spawned processes
+start fast.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import unicodedata
 
 import numpy as np
 import xxhash
+
+from tasks.data.minhash_kernel import min_hash as compiled_min_hash
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64(0xFFFFFFFF)
@@ -86,6 +89,14 @@ _SHIFT = np.uint64(61)
 
 
 def _min_hash(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min over rows of ((a*h + b) mod (2**61 - 1)) & 0xFFFFFFFF, as uint32: the compiled
+    loop of `minhash_kernel` where numba is importable, else `_min_hash_numpy`."""
+    if compiled_min_hash is not None:
+        return compiled_min_hash(hashes, a, b)
+    return _min_hash_numpy(hashes, a, b)
+
+
+def _min_hash_numpy(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """min over rows of ((a*h + b) mod (2**61 - 1)) & 0xFFFFFFFF, as uint32.
 
     a*h + b < 2**64 (a, b, h < 2**32), so x mod p = (x & p) + (x >> 61), less p once if that
