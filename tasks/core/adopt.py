@@ -75,14 +75,6 @@ class AdoptedRef(StepRef):
     def path(self) -> str:
         return storage.join(self.location, self.sub_path) if self.sub_path else self.location
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StepRef):
-            return NotImplemented
-        return (self.name, self.hash, self.sub_path) == (other.name, other.hash, other.sub_path)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.hash, self.sub_path))
-
     def __repr__(self) -> str:
         return f"AdoptedRef({self.identity!r}, location={self.location!r})"
 

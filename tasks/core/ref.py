@@ -20,7 +20,7 @@ def _safe_relative(path: str) -> bool:
 
 
 @register_special
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StepRef:
     """A reference to a step's committed output.
 
@@ -32,6 +32,16 @@ class StepRef:
     hash: str
     sub_path: str = ""
     metadata: Any = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when they name the same output and sub-path, whatever their kind (a pending
+        or adopted reference equals the plain one); metadata is not compared."""
+        if not isinstance(other, StepRef):
+            return NotImplemented
+        return (self.name, self.hash, self.sub_path) == (other.name, other.hash, other.sub_path)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.hash, self.sub_path))
 
     @property
     def name_with_hash(self) -> str:

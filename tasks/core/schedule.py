@@ -64,14 +64,6 @@ class PendingStepRef(StepRef):
         plain = StepRef(self.name, self.hash, self.sub_path).cd(sub_path)
         return pending(plain, self._future)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StepRef):
-            return NotImplemented
-        return (self.name, self.hash, self.sub_path) == (other.name, other.hash, other.sub_path)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.hash, self.sub_path))
-
     def __reduce__(self) -> Any:  # anything that pickles it gets the plain reference
         return (StepRef, (self.name, self.hash, self.sub_path, {}))
 
